@@ -1,0 +1,31 @@
+"""Errors a user can act on: each says what failed, the value, and what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MlstackError(Exception):
+    """Base class: the message is shown to the user as it is, without a traceback."""
+
+
+class PlaceholderSecretError(MlstackError):
+    def __init__(self, problems: dict[str, str], env_file: Path):
+        self.problems = problems
+        listed = "; ".join(f"{name} is {why}" for name, why in sorted(problems.items()))
+        super().__init__(
+            f"Refusing to start: {listed} (in {env_file}). "
+            "Run `mlstack init` (or `make up`) to generate strong secrets, or set them in .env."
+        )
+
+
+class MissingToolError(MlstackError):
+    """A binary the native runtime needs is not installed."""
+
+
+class ServiceStartError(MlstackError):
+    """A service did not become healthy in time; the message carries its last log lines."""
+
+
+class RuntimeUnavailableError(MlstackError):
+    """The requested runtime cannot run on this machine."""

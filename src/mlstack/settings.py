@@ -1,0 +1,111 @@
+"""The one source of truth for configuration: environment variables and the project's `.env`.
+
+Every command and runtime receives a `Settings` object; nothing re-reads the environment ad hoc.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RuntimeName = Literal["auto", "docker", "native"]
+
+#: Names of every secret in `.env`; `mlstack init` generates them, `up` refuses placeholders.
+SECRET_FIELDS = ("postgres_password", "minio_root_password", "mlflow_s3_secret_key")
+
+
+def find_project_dir(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` holding `.env.example` (the checkout), else `start`."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / ".env.example").is_file():
+            return folder
+    return start
+
+
+class Settings(BaseSettings):
+    """Stack and client settings. Field names are the `.env` variable names, case-insensitive."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_file_encoding="utf-8")
+
+    project_dir: Path = Field(default_factory=find_project_dir, alias="MLSTACK_PROJECT_DIR")
+    state_dir: Path | None = Field(default=None, alias="MLSTACK_STATE_DIR")
+    tools_dir: Path | None = Field(default=None, alias="MLSTACK_TOOLS_DIR")
+    runtime: RuntimeName = Field(default="auto", alias="MLSTACK_RUNTIME")
+    bind_address: str = Field(default="127.0.0.1", alias="MLSTACK_BIND_ADDRESS")
+
+    postgres_user: str = "mlflow"
+    postgres_password: SecretStr = SecretStr("")
+    postgres_db: str = "mlflow"
+    postgres_port: int = 5432
+
+    minio_root_user: str = "mlstack-root"
+    minio_root_password: SecretStr = SecretStr("")
+    minio_api_port: int = 9000
+    minio_console_port: int = 9001
+    minio_endpoint: str | None = Field(default=None, alias="MLSTACK_MINIO_ENDPOINT")
+
+    mlflow_artifact_bucket: str = "mlflow-artifacts"
+    mlflow_s3_access_key: str = "mlflow-server"
+    mlflow_s3_secret_key: SecretStr = SecretStr("")
+    mlflow_port: int = 5000
+    mlflow_workers: int = 2
+    mlflow_worker_timeout: int = 900
+    mlflow_allowed_hosts: str = "localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow,mlflow:*"
+    mlflow_tracking_uri: str | None = None
+
+    @classmethod
+    def load(cls, project_dir: Path | None = None) -> Settings:
+        """Read settings for the checkout at `project_dir` (default: found from the cwd)."""
+        project_dir = (project_dir or Path(os.environ.get("MLSTACK_PROJECT_DIR") or find_project_dir()))
+        project_dir = project_dir.resolve()
+        return cls(_env_file=project_dir / ".env", MLSTACK_PROJECT_DIR=project_dir)
+
+    @property
+    def env_file(self) -> Path:
+        return self.project_dir / ".env"
+
+    @property
+    def env_example(self) -> Path:
+        return self.project_dir / ".env.example"
+
+    @property
+    def state_path(self) -> Path:
+        return (self.state_dir or self.project_dir / ".mlstack").resolve()
+
+    @property
+    def tools_path(self) -> Path:
+        return (self.tools_dir or self.state_path / "tools").resolve()
+
+    @property
+    def minio_url(self) -> str:
+        return self.minio_endpoint or f"http://127.0.0.1:{self.minio_api_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def postgres_dsn(self) -> str:
+        """libpq connection string for the backend store, as seen from the host."""
+        return (
+            f"host=127.0.0.1 port={self.postgres_port} dbname={self.postgres_db} "
+            f"user={self.postgres_user} password={self.postgres_password.get_secret_value()}"
+        )
+
+    def backend_store_uri(self, host: str = "127.0.0.1", port: int | None = None) -> str:
+        """SQLAlchemy URI of the backend store (psycopg 3 driver)."""
+        password = quote(self.postgres_password.get_secret_value(), safe="")
+        return (
+            f"postgresql+psycopg://{quote(self.postgres_user, safe='')}:{password}@{host}:{port or self.postgres_port}"
+            f"/{self.postgres_db}"
+        )
+
+    def secrets(self) -> dict[str, str]:
+        """Every secret by its `.env` name, for validation; never print the values."""
+        return {name.upper(): getattr(self, name).get_secret_value() for name in SECRET_FIELDS}
