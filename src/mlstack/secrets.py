@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlstack.envfile import read_env, update_env, write_private
 from mlstack.errors import PlaceholderSecretError
-from mlstack.settings import Settings
+from mlstack.settings import Settings, StackName
 
 #: The value `.env.example` carries where a secret will be generated.
 PLACEHOLDER = "__generate__"
@@ -43,9 +43,9 @@ def weakness(value: str) -> str | None:
     return None
 
 
-def check_secrets(settings: Settings) -> None:
-    """Raise PlaceholderSecretError naming every secret that is a placeholder, default or too short."""
-    problems = {name: why for name, value in settings.secrets().items() if (why := weakness(value))}
+def check_secrets(settings: Settings, stack: StackName | None = None) -> None:
+    """Raise PlaceholderSecretError naming every secret of `stack` that is a placeholder, default or too short."""
+    problems = {name: why for name, value in settings.secrets(stack).items() if (why := weakness(value))}
     if problems:
         raise PlaceholderSecretError(problems, settings.env_file)
 

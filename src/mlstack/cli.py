@@ -1,0 +1,126 @@
+"""The `mlstack` command: set up, run and bootstrap the stacks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlstack.bootstrap import MINIO_STEPS, MLFLOW_STACK_STEPS, run_steps
+from mlstack.errors import MlstackError
+from mlstack.runtime import select_runtime
+from mlstack.runtime.native.tools import install_tools
+from mlstack.secrets import check_secrets, init_env, mask
+from mlstack.settings import SECRET_FIELDS, RuntimeName, Settings, StackName
+
+app = typer.Typer(
+    help="MLflow (and ClearML) stacks in a box.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+RuntimeOption = Annotated[
+    RuntimeName | None, typer.Option("--runtime", help="docker, native, or auto (docker when an engine answers).")
+]
+
+
+def _settings() -> Settings:
+    return Settings.load()
+
+
+def _init(rotate: bool = False) -> Settings:
+    settings = _settings()
+    result = init_env(settings.env_file, settings.env_example, [n.upper() for n in SECRET_FIELDS], rotate=rotate)
+    if result.created_file:
+        console.print(f"wrote {settings.env_file} (mode 0600) from .env.example")
+    settings = _settings()
+    for name in result.generated + result.rotated:
+        verb = "rotated" if name in result.rotated else "generated"
+        console.print(f"  {name}: {verb} {mask(settings.secrets()[name])}")
+    if not (result.created_file or result.generated or result.rotated):
+        console.print(f"{settings.env_file}: every secret already set; nothing changed")
+    return settings
+
+
+@app.command()
+def init(rotate: Annotated[bool, typer.Option(help="Replace existing secrets with new ones.")] = False) -> None:
+    """Write .env from .env.example with strong random secrets (existing secrets are kept)."""
+    _init(rotate)
+
+
+@app.command()
+def up(runtime: RuntimeOption = None) -> None:
+    """Start the MLflow stack and wait until every service is healthy."""
+    settings = _init()
+    chosen = select_runtime(settings, console, runtime)
+    if chosen.name == "native":
+        install_tools(settings, console)
+    if chosen.up():
+        console.print(f"[bold green]mlflow stack is up ({chosen.name})[/]: tracking server at {settings.mlflow_url}")
+
+
+@app.command()
+def down(runtime: RuntimeOption = None) -> None:
+    """Stop the MLflow stack; data stays."""
+    select_runtime(_settings(), console, runtime).down()
+
+
+@app.command()
+def status(runtime: RuntimeOption = None) -> None:
+    """Each service: running or not, URL, health."""
+    chosen = select_runtime(_settings(), console, runtime)
+    table = Table("service", "running", "healthy", "url", title=f"mlflow stack ({chosen.name})")
+    services = chosen.status()
+    for service in services:
+        table.add_row(service.name, _mark(service.running), _mark(service.healthy), service.url)
+    console.print(table)
+    if not all(service.healthy for service in services):
+        raise typer.Exit(3)
+
+
+@app.command()
+def bootstrap(
+    storage_only: Annotated[
+        bool, typer.Option(help="Only the MinIO steps (the compose stack's storage-bootstrap service).")
+    ] = False,
+) -> None:
+    """Create the artifact bucket, its policy, the server's MinIO account and the client settings."""
+    settings = _settings()
+    results = run_steps(
+        MINIO_STEPS if storage_only else MLFLOW_STACK_STEPS, settings, lambda r: console.print(f"{r.step}: [bold]{r.outcome}[/] {r.detail}")
+    )
+    if all(r.outcome == "already present" for r in results):
+        console.print("bootstrap: everything already present; nothing changed")
+
+
+@app.command("check-secrets")
+def check_secrets_command(
+    stack: Annotated[StackName | None, typer.Option(help="Only this stack's secrets (default: all).")] = None,
+) -> None:
+    """Fail, naming each one, while a secret is a placeholder, a well-known default or too short."""
+    check_secrets(_settings(), stack)
+    console.print("secrets: all set")
+
+
+@app.command("install-tools")
+def install_tools_command(
+    compose: Annotated[bool, typer.Option(help="Also build the compose CLI (for compose validation).")] = False,
+) -> None:
+    """Install the native runtime's binaries where this user may (apt as root, go install)."""
+    install_tools(_settings(), console, compose=compose)
+    console.print("native tools present")
+
+
+def _mark(flag: bool) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]"
+
+
+def main() -> None:
+    try:
+        app()
+    except MlstackError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise SystemExit(1) from None

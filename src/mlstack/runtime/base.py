@@ -1,0 +1,27 @@
+"""The runtime interface: every stack runs behind the same verbs, whatever runs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    running: bool
+    healthy: bool
+    url: str
+    detail: str = ""
+
+
+class Runtime(Protocol):
+    """Brings a stack up and down and reports on it. `up` is a no-op (returning False) when healthy."""
+
+    name: str
+
+    def up(self) -> bool: ...
+
+    def down(self) -> None: ...
+
+    def status(self) -> list[ServiceStatus]: ...

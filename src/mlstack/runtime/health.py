@@ -1,0 +1,51 @@
+"""Health probes and a deadline-bound wait that shows progress and names what it waited for."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psycopg
+import requests
+from rich.console import Console
+
+from mlstack.errors import ServiceStartError
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True when `url` answers 200."""
+    try:
+        return requests.get(url, timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def postgres_ok(dsn: str) -> bool:
+    """True when PostgreSQL accepts a password login with `dsn`."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def wait_until(
+    what: str,
+    probe: Callable[[], bool],
+    timeout: float,
+    console: Console,
+    still_alive: Callable[[], bool] = lambda: True,
+    logs: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll `probe` until it passes; on timeout or early exit raise with the service's last log lines."""
+    deadline = time.monotonic() + timeout
+    with console.status(f"waiting for {what} to become healthy"):
+        while time.monotonic() < deadline:
+            if probe():
+                console.print(f"[green]✓[/] {what} is healthy")
+                return
+            if not still_alive():
+                raise ServiceStartError(f"{what} exited before becoming healthy. Last log lines:\n{logs()}")
+            time.sleep(0.25)
+    raise ServiceStartError(f"{what} was not healthy after {timeout:.0f}s. Last log lines:\n{logs()}")

@@ -1,0 +1,283 @@
+"""The native runtime: PostgreSQL, MinIO and the MLflow server as local processes.
+
+Same versions and settings as the compose stack; state (data, logs, pid files) lives under the
+state folder. Started processes run in their own sessions, so they outlive the `mlstack` command.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from rich.console import Console
+
+from mlstack.bootstrap import MINIO_STEPS, run_steps
+from mlstack.errors import RuntimeUnavailableError, ServiceStartError
+from mlstack.runtime.base import ServiceStatus
+from mlstack.runtime.health import http_ok, postgres_ok, wait_until
+from mlstack.runtime.native.process import ManagedProcess
+from mlstack.runtime.native.tools import NativeTools, find_tools
+from mlstack.secrets import check_secrets
+from mlstack.settings import Settings
+
+#: The environment a service inherits from ours; everything else (root secrets above all) is left out.
+_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+@dataclass
+class NativeRuntime:
+    settings: Settings
+    console: Console
+    start_timeout: float = 120.0
+    name: str = "native"
+
+    def __post_init__(self) -> None:
+        root = self.settings.state_path
+        self.data_dir = root / "native"
+        self.run_dir, self.log_dir = root / "run", root / "logs"
+        self.processes = {
+            "postgres": ManagedProcess("postgres", self.run_dir, self.log_dir, stop_signal=signal.SIGINT),
+            "minio": ManagedProcess("minio", self.run_dir, self.log_dir),
+            "mlflow": ManagedProcess("mlflow", self.run_dir, self.log_dir),
+        }
+
+    # --- the runtime interface ------------------------------------------------------------
+
+    def up(self) -> bool:
+        check_secrets(self.settings, "mlflow")
+        tools = find_tools(self.settings)
+        if all(service.healthy for service in self.status()):
+            self.console.print("mlflow stack (native) is already running and healthy: nothing to do")
+            return False
+        self._start_postgres(tools)
+        self._start_minio(tools)
+        run_steps(MINIO_STEPS, self.settings, lambda r: self.console.print(f"  {r.step}: {r.outcome} ({r.detail})"))
+        self._migrate()
+        self._start_mlflow()
+        return True
+
+    def down(self) -> None:
+        for name in ("mlflow", "minio", "postgres"):
+            stopped = self.processes[name].stop()
+            self.console.print(f"{name}: {'stopped' if stopped else 'was not running'}")
+
+    def status(self) -> list[ServiceStatus]:
+        s = self.settings
+        probes = {
+            "postgres": (f"postgresql://127.0.0.1:{s.postgres_port}/{s.postgres_db}", self._postgres_healthy),
+            "minio": (s.minio_url, self._minio_healthy),
+            "mlflow": (s.mlflow_url, self._mlflow_healthy),
+        }
+        statuses = []
+        for name, (url, probe) in probes.items():
+            running = self.processes[name].is_running()
+            statuses.append(ServiceStatus(name, running, running and probe(), url))
+        return statuses
+
+    def kill(self, service: str) -> None:
+        """SIGKILL one service, as a crash would; `up` starts it again."""
+        self.processes[service].kill()
+
+    def server_pids(self) -> list[int]:
+        """Every pid of the MLflow server's process group (main process, workers, job runners)."""
+        pid = self.processes["mlflow"].pid()
+        if pid is None:
+            return []
+        return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(int(p.name)) == pid]
+
+    # --- health probes ---------------------------------------------------------------------
+
+    def _postgres_healthy(self) -> bool:
+        return postgres_ok(self.settings.postgres_dsn.replace(f"dbname={self.settings.postgres_db}", "dbname=postgres"))
+
+    def _minio_healthy(self) -> bool:
+        return http_ok(f"{self.settings.minio_url}/minio/health/live")
+
+    def _mlflow_healthy(self) -> bool:
+        return http_ok(f"{self.settings.mlflow_url}/health")
+
+    # --- services --------------------------------------------------------------------------
+
+    def _wait(self, name: str, probe) -> None:
+        process = self.processes[name]
+        wait_until(name, probe, self.start_timeout, self.console, process.is_running, process.tail)
+
+    def _start_postgres(self, tools: NativeTools) -> None:
+        process, s = self.processes["postgres"], self.settings
+        if process.is_running():
+            return
+        user = _postgres_os_user()
+        data, sockets = self.data_dir / "postgres", self.run_dir / "postgres-socket"
+        for folder in (data, sockets):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if user:
+                shutil.chown(folder, user, user)
+        if not (data / "PG_VERSION").exists():
+            self._initdb(tools, data, user)
+        process.start(
+            [
+                str(tools.postgres_bin / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(s.postgres_port),
+                "-c",
+                f"listen_addresses={s.bind_address}",
+                "-c",
+                f"unix_socket_directories={sockets}",
+            ],
+            env=_base_env(),
+            user=user,
+        )
+        self._wait("postgres", self._postgres_healthy)
+        self._ensure_database()
+
+    def _initdb(self, tools: NativeTools, data: Path, user: str | None) -> None:
+        pwfile = self.run_dir / "initdb.pw"
+        pwfile.write_text(self.settings.postgres_password.get_secret_value())
+        pwfile.chmod(0o600)
+        if user:
+            shutil.chown(pwfile, user, user)
+        try:
+            result = subprocess.run(
+                [
+                    str(tools.postgres_bin / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    self.settings.postgres_user,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                ],
+                env=_base_env(),
+                user=user,
+                group=user,
+                extra_groups=[] if user else None,
+                capture_output=True,
+                text=True,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise ServiceStartError(f"initdb failed in {data}:\n{result.stderr[-2000:]}")
+
+    def _ensure_database(self) -> None:
+        s = self.settings
+        admin_dsn = s.postgres_dsn.replace(f"dbname={s.postgres_db}", "dbname=postgres")
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (s.postgres_db,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(s.postgres_db)))
+
+    def _start_minio(self, tools: NativeTools) -> None:
+        process, s = self.processes["minio"], self.settings
+        if process.is_running():
+            return
+        data = self.data_dir / "minio"
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env = {
+            **_base_env(),
+            "MINIO_ROOT_USER": s.minio_root_user,
+            "MINIO_ROOT_PASSWORD": s.minio_root_password.get_secret_value(),
+            "MINIO_UPDATE": "off",
+        }
+        process.start(
+            [
+                str(tools.minio),
+                "server",
+                str(data),
+                "--address",
+                f"{s.bind_address}:{s.minio_api_port}",
+                "--console-address",
+                f"{s.bind_address}:{s.minio_console_port}",
+            ],
+            env=env,
+        )
+        self._wait("minio", self._minio_healthy)
+
+    def _migrate(self) -> None:
+        """`mlflow db upgrade`, the same one-shot step compose runs before the server starts."""
+        result = subprocess.run(
+            [sys.executable, "-m", "mlstack.runtime.migrate"],
+            env={**_base_env(), "MLFLOW_BACKEND_STORE_URI": self.settings.backend_store_uri()},
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise ServiceStartError(f"database migration failed:\n{result.stderr[-3000:]}")
+        self.console.print("[green]✓[/] backend store schema is current")
+
+    def _start_mlflow(self) -> None:
+        process = self.processes["mlflow"]
+        if process.is_running():
+            return
+        process.start(mlflow_server_command(self.settings), env=mlflow_server_env(self.settings))
+        self._wait("mlflow", self._mlflow_healthy)
+
+
+def mlflow_server_command(settings: Settings) -> list[str]:
+    """The tracking server under gunicorn (see README: why gunicorn, and the Host-header check)."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        settings.bind_address,
+        "--port",
+        str(settings.mlflow_port),
+        "--artifacts-destination",
+        f"s3://{settings.mlflow_artifact_bucket}",
+        "--workers",
+        str(settings.mlflow_workers),
+        "--gunicorn-opts",
+        f"--timeout {settings.mlflow_worker_timeout} --graceful-timeout 30",
+    ]
+
+
+def mlflow_server_env(settings: Settings) -> dict[str, str]:
+    """The server's environment: its own MinIO account, never the root credentials."""
+    return {
+        **_base_env(),
+        "MLFLOW_BACKEND_STORE_URI": settings.backend_store_uri(),
+        "MLFLOW_S3_ENDPOINT_URL": settings.minio_url,
+        "AWS_ACCESS_KEY_ID": settings.mlflow_s3_access_key,
+        "AWS_SECRET_ACCESS_KEY": settings.mlflow_s3_secret_key.get_secret_value(),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_SERVER_ALLOWED_HOSTS": settings.mlflow_allowed_hosts,
+    }
+
+
+def _base_env() -> dict[str, str]:
+    env = {key: os.environ[key] for key in _INHERITED_ENV if key in os.environ}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
+    return env
+
+
+def _postgres_os_user() -> str | None:
+    """PostgreSQL refuses to run as root: as root, run it as the `postgres` system user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("postgres").pw_name
+    except KeyError as missing:
+        raise RuntimeUnavailableError(
+            "PostgreSQL cannot run as root and there is no `postgres` user: install the Debian package "
+            "postgresql (it creates one) or run mlstack as an ordinary user."
+        ) from missing
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None

@@ -1,0 +1,135 @@
+"""The binaries the native runtime runs, found or installed at the versions the images use.
+
+PostgreSQL comes from Debian's packages (apt, as root); MinIO and the compose CLI are built from
+source through the Go module proxy into the tools folder. Where an install is not possible, one
+error names exactly what to install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from mlstack.errors import MissingToolError
+from mlstack.settings import Settings
+
+#: MinIO RELEASE.2025-09-07T16-13-09Z (the image in infra/mlflow) as a Go pseudo-version:
+#: the proxy serves MinIO's release tags only by commit.
+MINIO_MODULE = "github.com/minio/minio@v0.0.0-20250907161309-07c3a429bfed"
+COMPOSE_MODULE = "github.com/docker/compose/v5@v5.5.0"
+POSTGRES_MAJOR = 15
+
+
+@dataclass(frozen=True)
+class NativeTools:
+    postgres_bin: Path
+    minio: Path
+
+
+def find_postgres_bin() -> Path | None:
+    """The bin folder of the Debian PostgreSQL of our major version, or one on PATH."""
+    debian = Path(f"/usr/lib/postgresql/{POSTGRES_MAJOR}/bin")
+    if (debian / "postgres").is_file():
+        return debian
+    found = shutil.which("postgres")
+    return Path(found).resolve().parent if found else None
+
+
+def find_minio(settings: Settings) -> Path | None:
+    built = settings.tools_path / "bin" / "minio"
+    if built.is_file():
+        return built
+    found = shutil.which("minio")
+    return Path(found) if found else None
+
+
+def find_compose(settings: Settings) -> list[str] | None:
+    """The compose CLI as a command prefix: the docker plugin, else our built binary."""
+    if shutil.which("docker") and _succeeds(["docker", "compose", "version"]):
+        return ["docker", "compose"]
+    for candidate in (settings.tools_path / "bin" / "docker-compose", shutil.which("docker-compose")):
+        if candidate and Path(candidate).is_file():
+            return [str(candidate)]
+    return None
+
+
+def find_tools(settings: Settings) -> NativeTools:
+    """The native binaries, or MissingToolError naming what to install."""
+    postgres_bin, minio = find_postgres_bin(), find_minio(settings)
+    missing = []
+    if postgres_bin is None:
+        missing.append(f"PostgreSQL {POSTGRES_MAJOR} server: `apt-get install postgresql-{POSTGRES_MAJOR}`")
+    if minio is None:
+        missing.append(f"MinIO: `GOBIN={settings.tools_path / 'bin'} go install {MINIO_MODULE}` (Go >= 1.24)")
+    if missing:
+        raise MissingToolError(
+            "The native runtime needs: " + "; ".join(missing) + ". `mlstack install-tools` installs them "
+            "where it may (apt as root, go install into the tools folder)."
+        )
+    return NativeTools(postgres_bin=postgres_bin, minio=minio)
+
+
+def install_tools(settings: Settings, console: Console, compose: bool = False) -> None:
+    """Install whatever is missing; raise MissingToolError with one message for what it may not."""
+    cannot = []
+    if find_postgres_bin() is None:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            console.print(f"installing PostgreSQL {POSTGRES_MAJOR} from Debian packages")
+            _run(["apt-get", "update", "-q"])
+            _run(
+                ["apt-get", "install", "-y", "-q", f"postgresql-{POSTGRES_MAJOR}"],
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
+        else:
+            cannot.append(f"`sudo apt-get install postgresql-{POSTGRES_MAJOR}`")
+    if find_minio(settings) is None:
+        if shutil.which("go"):
+            console.print(f"building MinIO ({MINIO_MODULE}) with go install; this takes a few minutes")
+            _go_install(settings, MINIO_MODULE)
+        else:
+            cannot.append(f"Go >= 1.24, then `GOBIN={settings.tools_path / 'bin'} go install {MINIO_MODULE}`")
+    if compose and find_compose(settings) is None:
+        if shutil.which("go"):
+            console.print(f"building the compose CLI ({COMPOSE_MODULE})")
+            _build_compose(settings)
+        else:
+            cannot.append("the Docker compose plugin (`docker compose version` must work)")
+    if cannot:
+        raise MissingToolError("Install, then run again: " + "; ".join(cannot))
+
+
+def _go_install(settings: Settings, module: str) -> None:
+    bin_dir = settings.tools_path / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    _run(["go", "install", "-trimpath", module], env={**os.environ, "GOBIN": str(bin_dir)})
+
+
+def _build_compose(settings: Settings) -> None:
+    """Compose's go.mod has exclude directives, which `go install pkg@version` refuses: build it
+    inside its downloaded module instead, where they apply."""
+    bin_dir = settings.tools_path / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    listing = subprocess.run(
+        ["go", "mod", "download", "-json", COMPOSE_MODULE], check=True, capture_output=True, text=True
+    )
+    module_dir = json.loads(listing.stdout)["Dir"]
+    _run(["go", "build", "-trimpath", "-o", str(bin_dir / "docker-compose"), "./cmd"], cwd=module_dir)
+
+
+def _run(command: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise MissingToolError(f"`{' '.join(command)}` failed:\n{result.stderr[-2000:]}")
+
+
+def _succeeds(command: list[str]) -> bool:
+    try:
+        return subprocess.run(command, capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
