@@ -15,8 +15,28 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RuntimeName = Literal["auto", "docker", "native"]
 
+#: ClearML server secrets; each replaces a value upstream ships publicly (see infra/clearml/compose.yaml).
+CLEARML_SECRET_FIELDS = (
+    "clearml_fixed_user_password",
+    "clearml_token_secret",
+    "clearml_session_secret",
+    "clearml_apiserver_access_key",
+    "clearml_apiserver_secret_key",
+    "clearml_webserver_access_key",
+    "clearml_webserver_secret_key",
+    "clearml_fileserver_access_key",
+    "clearml_fileserver_secret_key",
+    "clearml_tests_access_key",
+    "clearml_tests_secret_key",
+    "clearml_agent_access_key",
+    "clearml_agent_secret_key",
+)
+
 #: Names of every secret in `.env`; `mlstack init` generates them, `up` refuses placeholders.
-SECRET_FIELDS = ("postgres_password", "minio_root_password", "mlflow_s3_secret_key")
+MLFLOW_SECRET_FIELDS = ("postgres_password", "minio_root_password", "mlflow_s3_secret_key")
+STACK_SECRET_FIELDS = {"mlflow": MLFLOW_SECRET_FIELDS, "clearml": CLEARML_SECRET_FIELDS}
+SECRET_FIELDS = MLFLOW_SECRET_FIELDS + CLEARML_SECRET_FIELDS
+StackName = Literal["mlflow", "clearml"]
 
 
 def find_project_dir(start: Path | None = None) -> Path:
@@ -58,6 +78,42 @@ class Settings(BaseSettings):
     mlflow_worker_timeout: int = 900
     mlflow_allowed_hosts: str = "localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow,mlflow:*"
     mlflow_tracking_uri: str | None = None
+    mlflow_experiment_name: str = "mlstack"
+    mlflow_tracking_username: str | None = None
+    mlflow_tracking_password: SecretStr | None = None
+    # Client-side metric pipeline of mlstack.tracking (non-blocking logging).
+    metric_buffer_points: int = Field(default=200_000, gt=0, alias="MLSTACK_METRIC_BUFFER_POINTS")
+    metric_flush_interval_seconds: float = Field(default=0.5, gt=0, alias="MLSTACK_METRIC_FLUSH_INTERVAL_SECONDS")
+    metric_flusher_threads: int = Field(default=2, ge=1, alias="MLSTACK_METRIC_FLUSHER_THREADS")
+    metric_outage_budget_seconds: float = Field(default=300.0, gt=0, alias="MLSTACK_METRIC_OUTAGE_BUDGET_SECONDS")
+
+    # --- ClearML server (infra/clearml) and its clients ---
+    clearml_api_port: int = 8008
+    clearml_web_port: int = 8080
+    clearml_files_port: int = 8081
+    #: Host name under which clients and the agent reach the published ports (never looked up).
+    clearml_host_ip: str = "127.0.0.1"
+    clearml_es_heap: str = "1g"
+    clearml_default_queue: str = "default"
+    clearml_fixed_user: str = "mlstack"
+    clearml_fixed_user_password: SecretStr = SecretStr("")
+    clearml_token_secret: SecretStr = SecretStr("")
+    clearml_session_secret: SecretStr = SecretStr("")
+    clearml_apiserver_access_key: SecretStr = SecretStr("")
+    clearml_apiserver_secret_key: SecretStr = SecretStr("")
+    clearml_webserver_access_key: SecretStr = SecretStr("")
+    clearml_webserver_secret_key: SecretStr = SecretStr("")
+    clearml_fileserver_access_key: SecretStr = SecretStr("")
+    clearml_fileserver_secret_key: SecretStr = SecretStr("")
+    clearml_tests_access_key: SecretStr = SecretStr("")
+    clearml_tests_secret_key: SecretStr = SecretStr("")
+    clearml_agent_access_key: SecretStr = SecretStr("")
+    clearml_agent_secret_key: SecretStr = SecretStr("")
+    #: Client credentials written by `mlstack bootstrap` (auth.create_credentials for the fixed user).
+    clearml_api_access_key: str | None = None
+    clearml_api_secret_key: SecretStr | None = None
+    #: Where tracker sessions go when no server answers (default: <state dir>/clearml).
+    clearml_offline_dir: Path | None = Field(default=None, alias="MLSTACK_CLEARML_OFFLINE_DIR")
 
     @classmethod
     def load(cls, project_dir: Path | None = None) -> Settings:
@@ -91,6 +147,23 @@ class Settings(BaseSettings):
         return f"http://127.0.0.1:{self.mlflow_port}"
 
     @property
+    def clearml_api_url(self) -> str:
+        return f"http://{self.clearml_host_ip}:{self.clearml_api_port}"
+
+    @property
+    def clearml_web_url(self) -> str:
+        return f"http://{self.clearml_host_ip}:{self.clearml_web_port}"
+
+    @property
+    def clearml_files_url(self) -> str:
+        return f"http://{self.clearml_host_ip}:{self.clearml_files_port}"
+
+    @property
+    def clearml_offline_path(self) -> Path:
+        """Offline ClearML sessions (the SDK's CLEARML_CACHE_DIR while no server answers)."""
+        return (self.clearml_offline_dir or self.state_path / "clearml").resolve()
+
+    @property
     def postgres_dsn(self) -> str:
         """libpq connection string for the backend store, as seen from the host."""
         return (
@@ -106,6 +179,7 @@ class Settings(BaseSettings):
             f"/{self.postgres_db}"
         )
 
-    def secrets(self) -> dict[str, str]:
-        """Every secret by its `.env` name, for validation; never print the values."""
-        return {name.upper(): getattr(self, name).get_secret_value() for name in SECRET_FIELDS}
+    def secrets(self, stack: StackName | None = None) -> dict[str, str]:
+        """The secrets of `stack` (default: all) by their `.env` names, for validation; never print them."""
+        fields = STACK_SECRET_FIELDS[stack] if stack else SECRET_FIELDS
+        return {name.upper(): getattr(self, name).get_secret_value() for name in fields}
