@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -10,7 +10,7 @@ from rich.table import Table
 
 from mlstack.bootstrap import MINIO_STEPS, MLFLOW_STACK_STEPS, run_steps
 from mlstack.errors import MlstackError
-from mlstack.runtime import select_runtime
+from mlstack.runtime import resolve_runtime_name, select_runtimes
 from mlstack.runtime.native.tools import install_tools
 from mlstack.secrets import check_secrets, init_env, mask
 from mlstack.settings import SECRET_FIELDS, RuntimeName, Settings, StackName
@@ -22,6 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+StackOption = Annotated[
+    Literal["mlflow", "clearml", "all"], typer.Option("--stack", help="mlflow, clearml, or all (clearml needs docker).")
+]
 RuntimeOption = Annotated[
     RuntimeName | None, typer.Option("--runtime", help="docker, native, or auto (docker when an engine answers).")
 ]
@@ -52,32 +55,38 @@ def init(rotate: Annotated[bool, typer.Option(help="Replace existing secrets wit
 
 
 @app.command()
-def up(runtime: RuntimeOption = None) -> None:
-    """Start the MLflow stack and wait until every service is healthy."""
+def up(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
+    """Start the stacks and wait until every service is healthy; a no-op for a healthy stack."""
     settings = _init()
-    chosen = select_runtime(settings, console, runtime)
-    if chosen.name == "native":
-        install_tools(settings, console)
-    if chosen.up():
-        console.print(f"[bold green]mlflow stack is up ({chosen.name})[/]: tracking server at {settings.mlflow_url}")
+    runtimes = select_runtimes(settings, console, runtime, stack)
+    for chosen in runtimes:
+        check_secrets(settings, chosen.stack)
+    for chosen in runtimes:
+        if chosen.name == "native":
+            install_tools(settings, console)
+        if chosen.up():
+            console.print(f"[bold green]{chosen.stack} stack is up ({chosen.name})[/]")
+    console.print(f"MLflow tracking server: {settings.mlflow_url}")
 
 
 @app.command()
-def down(runtime: RuntimeOption = None) -> None:
-    """Stop the MLflow stack; data stays."""
-    select_runtime(_settings(), console, runtime).down()
+def down(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
+    """Stop the stacks; data stays."""
+    for chosen in select_runtimes(_settings(), console, runtime, stack):
+        chosen.down()
 
 
 @app.command()
-def status(runtime: RuntimeOption = None) -> None:
-    """Each service: running or not, URL, health."""
-    chosen = select_runtime(_settings(), console, runtime)
-    table = Table("service", "running", "healthy", "url", title=f"mlflow stack ({chosen.name})")
-    services = chosen.status()
-    for service in services:
-        table.add_row(service.name, _mark(service.running), _mark(service.healthy), service.url)
-    console.print(table)
-    if not all(service.healthy for service in services):
+def status(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
+    """Each service: running or not, URL, health. Exits 3 when any service is not healthy."""
+    healthy = True
+    for chosen in select_runtimes(_settings(), console, runtime, stack):
+        table = Table("service", "running", "healthy", "url", title=f"{chosen.stack} stack ({chosen.name})")
+        for service in chosen.status():
+            table.add_row(service.name, _mark(service.running), _mark(service.healthy), service.url)
+            healthy &= service.healthy
+        console.print(table)
+    if not healthy:
         raise typer.Exit(3)
 
 
@@ -90,7 +99,9 @@ def bootstrap(
     """Create the artifact bucket, its policy, the server's MinIO account and the client settings."""
     settings = _settings()
     results = run_steps(
-        MINIO_STEPS if storage_only else MLFLOW_STACK_STEPS, settings, lambda r: console.print(f"{r.step}: [bold]{r.outcome}[/] {r.detail}")
+        MINIO_STEPS if storage_only else MLFLOW_STACK_STEPS,
+        settings,
+        lambda r: console.print(f"{r.step}: [bold]{r.outcome}[/] {r.detail}"),
     )
     if all(r.outcome == "already present" for r in results):
         console.print("bootstrap: everything already present; nothing changed")
@@ -109,9 +120,13 @@ def check_secrets_command(
 def install_tools_command(
     compose: Annotated[bool, typer.Option(help="Also build the compose CLI (for compose validation).")] = False,
 ) -> None:
-    """Install the native runtime's binaries where this user may (apt as root, go install)."""
-    install_tools(_settings(), console, compose=compose)
-    console.print("native tools present")
+    """Install the native runtime's binaries where this user may (apt as root, go install).
+
+    Where a Docker engine answers (and --runtime is not native) the native binaries are not needed."""
+    settings = _settings()
+    native = resolve_runtime_name(settings.runtime) == "native"
+    install_tools(settings, console, native=native, compose=compose)
+    console.print("tools present")
 
 
 def _mark(flag: bool) -> str:
@@ -124,3 +139,7 @@ def main() -> None:
     except MlstackError as error:
         console.print(f"[bold red]error:[/] {error}")
         raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

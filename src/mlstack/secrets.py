@@ -58,9 +58,10 @@ class InitResult:
 
 
 def init_env(env_file: Path, example: Path, secret_names: list[str], rotate: bool = False) -> InitResult:
-    """Create `env_file` from `example` when missing and fill every placeholder secret.
+    """Create `env_file` from `example` when missing and fill every empty or placeholder secret.
 
-    Existing secrets are kept unless `rotate` is set; the file is written with mode 0600.
+    Secrets already set are kept (even weak ones: `up` refuses those, naming them) unless `rotate`
+    is set; the file is written with mode 0600.
     """
     result = InitResult()
     if not env_file.exists():
@@ -70,7 +71,7 @@ def init_env(env_file: Path, example: Path, secret_names: list[str], rotate: boo
     updates: dict[str, str] = {}
     for name in secret_names:
         value = current.get(name, "")
-        if weakness(value) is not None:
+        if value in ("", PLACEHOLDER):
             updates[name] = generate_secret()
             result.generated.append(name)
         elif rotate:

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     @classmethod
     def load(cls, project_dir: Path | None = None) -> Settings:
         """Read settings for the checkout at `project_dir` (default: found from the cwd)."""
-        project_dir = (project_dir or Path(os.environ.get("MLSTACK_PROJECT_DIR") or find_project_dir()))
+        project_dir = project_dir or Path(os.environ.get("MLSTACK_PROJECT_DIR") or find_project_dir())
         project_dir = project_dir.resolve()
         return cls(_env_file=project_dir / ".env", MLSTACK_PROJECT_DIR=project_dir)
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from rich.console import Console
 
 from mlstack.errors import RuntimeUnavailableError
 from mlstack.runtime.base import Runtime, ServiceStatus
 from mlstack.runtime.docker import DockerRuntime, engine_answers
 from mlstack.runtime.native.runtime import NativeRuntime
-from mlstack.settings import RuntimeName, Settings
+from mlstack.settings import RuntimeName, Settings, StackName
 
 
 def resolve_runtime_name(requested: RuntimeName, engine: bool | None = None) -> str:
@@ -18,15 +20,40 @@ def resolve_runtime_name(requested: RuntimeName, engine: bool | None = None) -> 
     return "docker" if (engine if engine is not None else engine_answers()) else "native"
 
 
-def select_runtime(settings: Settings, console: Console, requested: RuntimeName | None = None) -> Runtime:
+def select_runtime(
+    settings: Settings, console: Console, requested: RuntimeName | None = None, stack: StackName = "mlflow"
+) -> Runtime:
+    """The runtime for one stack. The ClearML server (MongoDB, Elasticsearch) runs under docker only."""
     name = resolve_runtime_name(requested or settings.runtime)
     if name == "docker":
         if not engine_answers():
             raise RuntimeUnavailableError(
                 "--runtime docker was asked for but no Docker engine answers: start Docker, or use --runtime native."
             )
-        return DockerRuntime(settings, console)
+        return DockerRuntime(settings, console, stack)
+    if stack == "clearml":
+        raise RuntimeUnavailableError(
+            "The ClearML server needs MongoDB and Elasticsearch, which only the docker runtime provides: "
+            "start Docker (then `make up STACK=clearml`), or use STACK=mlflow."
+        )
     return NativeRuntime(settings, console)
 
 
-__all__ = ["Runtime", "ServiceStatus", "resolve_runtime_name", "select_runtime"]
+def select_runtimes(
+    settings: Settings, console: Console, requested: RuntimeName | None, stack: StackName | Literal["all"]
+) -> list[Runtime]:
+    """One runtime per stack; with `all`, stacks this machine cannot run are named and passed over."""
+    if stack != "all":
+        return [select_runtime(settings, console, requested, stack)]
+    runtimes = []
+    for one in ("mlflow", "clearml"):
+        try:
+            runtimes.append(select_runtime(settings, console, requested, one))
+        except RuntimeUnavailableError as unavailable:
+            if one == "mlflow":
+                raise
+            console.print(f"[yellow]skipping the {one} stack:[/] {unavailable}")
+    return runtimes
+
+
+__all__ = ["Runtime", "ServiceStatus", "resolve_runtime_name", "select_runtime", "select_runtimes"]

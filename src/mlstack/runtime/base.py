@@ -19,6 +19,7 @@ class Runtime(Protocol):
     """Brings a stack up and down and reports on it. `up` is a no-op (returning False) when healthy."""
 
     name: str
+    stack: str
 
     def up(self) -> bool: ...
 

@@ -43,8 +43,6 @@ class DockerRuntime:
         compose_file = self.settings.project_dir / "infra" / self.stack / "compose.yaml"
         full = [
             *command,
-            "-p",
-            f"mlstack-{self.stack}",
             "-f",
             str(compose_file),
             "--env-file",

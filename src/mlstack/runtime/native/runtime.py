@@ -38,6 +38,7 @@ class NativeRuntime:
     console: Console
     start_timeout: float = 120.0
     name: str = "native"
+    stack: str = "mlflow"
 
     def __post_init__(self) -> None:
         root = self.settings.state_path

@@ -75,10 +75,10 @@ def find_tools(settings: Settings) -> NativeTools:
     return NativeTools(postgres_bin=postgres_bin, minio=minio)
 
 
-def install_tools(settings: Settings, console: Console, compose: bool = False) -> None:
+def install_tools(settings: Settings, console: Console, native: bool = True, compose: bool = False) -> None:
     """Install whatever is missing; raise MissingToolError with one message for what it may not."""
     cannot = []
-    if find_postgres_bin() is None:
+    if native and find_postgres_bin() is None:
         if os.geteuid() == 0 and shutil.which("apt-get"):
             console.print(f"installing PostgreSQL {POSTGRES_MAJOR} from Debian packages")
             _run(["apt-get", "update", "-q"])
@@ -88,7 +88,7 @@ def install_tools(settings: Settings, console: Console, compose: bool = False) -
             )
         else:
             cannot.append(f"`sudo apt-get install postgresql-{POSTGRES_MAJOR}`")
-    if find_minio(settings) is None:
+    if native and find_minio(settings) is None:
         if shutil.which("go"):
             console.print(f"building MinIO ({MINIO_MODULE}) with go install; this takes a few minutes")
             _go_install(settings, MINIO_MODULE)

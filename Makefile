@@ -1,0 +1,52 @@
+# mlstack. Two commands on a fresh machine: `make up` and `make test`; each sets itself up
+# (virtual environment, Python dependencies, and the native runtime's binaries where needed).
+#
+#   make up [STACK=all|mlflow|clearml] [RUNTIME=auto|docker|native]
+#   make down | make status | make bootstrap-credentials
+#   make test | make lint
+
+PYTHON ?= python3
+VENV ?= .venv
+STACK ?= all
+RUNTIME ?= auto
+BIN := $(VENV)/bin
+MLSTACK := $(BIN)/mlstack
+STACK_ARGS := --stack $(STACK) --runtime $(RUNTIME)
+
+.PHONY: help venv init up down status bootstrap-credentials install-tools test lint
+
+help:
+	@sed -n '1,8p' Makefile
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+init: venv
+	$(MLSTACK) init
+
+up: venv
+	$(MLSTACK) up $(STACK_ARGS)
+
+down: venv
+	$(MLSTACK) down $(STACK_ARGS)
+
+status: venv
+	$(MLSTACK) status $(STACK_ARGS)
+
+bootstrap-credentials: venv
+	$(MLSTACK) bootstrap
+
+install-tools: venv
+	$(MLSTACK) install-tools --compose
+
+test: install-tools
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks

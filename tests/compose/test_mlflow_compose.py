@@ -1,0 +1,86 @@
+"""infra/mlflow/compose.yaml: static checks, then validation with the real compose CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.compose.conftest import run_compose
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = PROJECT_DIR / "infra" / "mlflow" / "compose.yaml"
+ONE_SHOT = {"preflight", "storage-bootstrap", "migrate"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+def test_one_shot_steps_are_exactly_the_services_that_do_not_restart(compose):
+    assert {name for name, s in compose["services"].items() if s.get("restart") == "no"} == ONE_SHOT
+
+
+def test_every_long_running_service_has_a_healthcheck_from_the_shared_anchor(compose):
+    shared = compose["x-healthcheck"]
+    for name, service in compose["services"].items():
+        if name in ONE_SHOT:
+            continue
+        assert "test" in service.get("healthcheck", {}), f"{name} has no healthcheck"
+        assert {key: service["healthcheck"][key] for key in shared} == shared, f"{name} overrides the timings"
+
+
+def test_every_image_is_pinned(compose):
+    for name, service in compose["services"].items():
+        repository, _, tag = service["image"].rpartition(":")
+        assert repository and tag and tag != "latest", f"{name}: {service['image']!r} is not pinned"
+    assert compose["services"]["minio"]["image"] == "minio/minio:RELEASE.2025-09-07T16-13-09Z"
+
+
+def test_dockerfiles_pin_their_base_images():
+    for dockerfile in (PROJECT_DIR / "services").glob("*/Dockerfile"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("FROM "):
+                image = line.split()[1]
+                assert ":" in image and not image.endswith(":latest"), f"{dockerfile}: {line}"
+
+
+def test_server_waits_for_healthy_stores_and_finished_one_shot_steps(compose):
+    depends = compose["services"]["mlflow"]["depends_on"]
+    assert depends["postgres"]["condition"] == depends["minio"]["condition"] == "service_healthy"
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+    assert depends["storage-bootstrap"]["condition"] == "service_completed_successfully"
+    for store in ("postgres", "minio"):
+        assert compose["services"][store]["depends_on"]["preflight"]["condition"] == "service_completed_successfully"
+
+
+def test_server_uses_its_own_minio_account_and_proxies_artifacts(compose):
+    server = compose["services"]["mlflow"]
+    assert server["environment"]["AWS_ACCESS_KEY_ID"].startswith("${MLFLOW_S3_ACCESS_KEY")
+    assert not any("MINIO_ROOT" in str(value) for value in server["environment"].values())
+    assert any(arg.startswith("--artifacts-destination=s3://") for arg in server["command"])
+    assert "MLFLOW_SERVER_ALLOWED_HOSTS" in server["environment"]
+
+
+def test_compose_cli_accepts_the_stack(compose_cli, generated_env):
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
+def test_published_ports_bind_to_loopback_by_default(compose_cli, generated_env):
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    ports = [port for s in json.loads(result.stdout)["services"].values() for port in s.get("ports", [])]
+    assert {port["published"] for port in ports} == {"5432", "9000", "9001", "5000"}
+    assert {port["host_ip"] for port in ports} == {"127.0.0.1"}
+
+
+def test_compose_cli_refuses_a_missing_secret(compose_cli, generated_env):
+    lines = generated_env.read_text().splitlines()
+    generated_env.write_text("\n".join(line for line in lines if not line.startswith("POSTGRES_PASSWORD=")))
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--quiet")
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD is not set" in result.stderr

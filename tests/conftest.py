@@ -1,0 +1,85 @@
+"""Shared fixtures: a scratch project, and one live MLflow stack per test session.
+
+The stack runs on whichever runtime this machine has: compose through testcontainers where a
+Docker engine answers, local processes otherwise. With MLSTACK_REQUIRE_RUNTIME=native (CI) a
+missing native binary fails the run instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from mlstack.envfile import update_env
+from mlstack.errors import MissingToolError
+from mlstack.runtime.docker import engine_answers
+from mlstack.runtime.native.tools import find_tools
+from mlstack.secrets import init_env
+from mlstack.settings import SECRET_FIELDS, Settings
+from tests.stack import DockerStack, LiveStack, NativeStack
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED_RUNTIME = os.environ.get("MLSTACK_REQUIRE_RUNTIME", "")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_project(root: Path) -> Settings:
+    """A scratch checkout: .env.example from the repo, a generated .env, free ports, the repo's tools."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / ".env.example", root / ".env.example")
+    init_env(root / ".env", root / ".env.example", [name.upper() for name in SECRET_FIELDS])
+    update_env(
+        root / ".env",
+        {
+            "POSTGRES_PORT": str(free_port()),
+            "MINIO_API_PORT": str(free_port()),
+            "MINIO_CONSOLE_PORT": str(free_port()),
+            "MLFLOW_PORT": str(free_port()),
+            "MLSTACK_TOOLS_DIR": str(Settings.load(REPO).tools_path),
+        },
+    )
+    return Settings.load(root)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Settings:
+    """Settings of a fresh scratch project (no services running)."""
+    return make_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def mlflow_stack() -> Iterator[LiveStack]:
+    """One live MLflow stack for the session, on a world-traversable scratch folder (PostgreSQL runs
+    as the `postgres` user when we are root)."""
+    root = Path(tempfile.mkdtemp(prefix="mlstack-it-"))
+    root.chmod(0o755)
+    settings = make_project(root / "project")
+    console = Console(stderr=True)
+    if REQUIRED_RUNTIME != "native" and engine_answers():
+        stack: LiveStack = DockerStack(settings, console, REPO)
+    else:
+        try:
+            find_tools(settings)
+        except MissingToolError as missing:
+            if REQUIRED_RUNTIME == "native":
+                pytest.fail(f"MLSTACK_REQUIRE_RUNTIME=native but the native runtime cannot run: {missing}")
+            pytest.skip(f"no Docker engine answers and the native runtime is not installed: {missing}")
+        stack = NativeStack(settings, console)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)

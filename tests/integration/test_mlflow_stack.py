@@ -1,0 +1,148 @@
+"""The MLflow stack end to end: effects checked where they land (PostgreSQL rows, MinIO objects)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from botocore.exceptions import ClientError
+from mlflow import MlflowClient
+
+from mlstack.bootstrap import MLFLOW_STACK_STEPS, Outcome, run_steps
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(mlflow_stack) -> MlflowClient:
+    return MlflowClient(tracking_uri=mlflow_stack.tracking_uri)
+
+
+def new_run(client: MlflowClient) -> tuple[str, str]:
+    experiment_id = client.create_experiment(f"it-{uuid.uuid4().hex[:10]}")
+    return experiment_id, client.create_run(experiment_id).info.run_id
+
+
+def test_logged_metrics_are_rows_in_postgres(mlflow_stack, client):
+    _, run_id = new_run(client)
+    for step in range(3):
+        client.log_metric(run_id, "loss", 1.0 / (step + 1), step=step)
+    client.log_param(run_id, "alpha", "0.5")
+
+    with mlflow_stack.pg_connect() as conn:
+        metrics = conn.execute(
+            "SELECT step, value FROM metrics WHERE run_uuid = %s AND key = 'loss' ORDER BY step", (run_id,)
+        ).fetchall()
+        param = conn.execute("SELECT value FROM params WHERE run_uuid = %s AND key = 'alpha'", (run_id,)).fetchone()
+    assert metrics == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+    assert param == ("0.5",)
+
+
+def test_logged_artifact_is_an_object_in_the_minio_bucket(mlflow_stack, client, tmp_path):
+    experiment_id, run_id = new_run(client)
+    artifact = tmp_path / "report.txt"
+    artifact.write_text("validation report")
+    client.log_artifact(run_id, str(artifact), artifact_path="reports")
+
+    key = f"{experiment_id}/{run_id}/artifacts/reports/report.txt"
+    body = mlflow_stack.s3.get_object(Bucket=mlflow_stack.bucket, Key=key)["Body"].read()
+    assert body == b"validation report"
+
+
+def test_server_account_reaches_only_the_artifact_bucket(mlflow_stack):
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    mlflow_stack.s3.create_bucket(Bucket=other)
+    mlflow_stack.s3.put_object(Bucket=other, Key="secret.txt", Body=b"not for mlflow")
+    server = mlflow_stack.server_s3
+
+    for denied in (
+        lambda: server.get_object(Bucket=other, Key="secret.txt"),
+        lambda: server.put_object(Bucket=other, Key="intrusion.txt", Body=b"x"),
+        lambda: server.list_objects_v2(Bucket=other),
+        lambda: server.create_bucket(Bucket=f"new-{uuid.uuid4().hex[:8]}"),
+    ):
+        with pytest.raises(ClientError) as error:
+            denied()
+        assert error.value.response["Error"]["Code"] == "AccessDenied"
+
+    server.put_object(Bucket=mlflow_stack.bucket, Key="probe/allowed.txt", Body=b"ok")
+    assert server.get_object(Bucket=mlflow_stack.bucket, Key="probe/allowed.txt")["Body"].read() == b"ok"
+
+
+def test_server_environment_holds_no_root_credentials(mlflow_stack):
+    root_password = mlflow_stack.settings.minio_root_password.get_secret_value()
+    environments = mlflow_stack.server_environments()
+    assert environments, "no MLflow server process found"
+    for environment in environments:
+        assert not any(name.startswith("MINIO_ROOT") for name in environment)
+        assert root_password not in environment.values()
+        assert environment["AWS_ACCESS_KEY_ID"] == mlflow_stack.settings.mlflow_s3_access_key
+
+
+def test_bootstrap_twice_changes_nothing_the_second_time(mlflow_stack):
+    settings = mlflow_stack.settings
+    run_steps(MLFLOW_STACK_STEPS, settings, lambda result: None)
+    env_before = settings.env_file.read_text()
+
+    second = run_steps(MLFLOW_STACK_STEPS, settings, lambda result: None)
+
+    assert [result.outcome for result in second] == [Outcome.PRESENT] * len(MLFLOW_STACK_STEPS)
+    assert settings.env_file.read_text() == env_before
+    assert oct(settings.env_file.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_bootstrap_repairs_a_server_account_whose_secret_drifted(mlflow_stack):
+    from mlstack.bootstrap.minio import ensure_server_account, minio_admin
+
+    settings = mlflow_stack.settings
+    minio_admin(settings).user_add(settings.mlflow_s3_access_key, "drifted-secret-value-123")
+
+    assert ensure_server_account(settings).outcome == Outcome.UPDATED
+    assert ensure_server_account(settings).outcome == Outcome.PRESENT
+
+
+def test_unknown_host_header_is_refused_and_configured_hosts_work(mlflow_stack):
+    url = f"{mlflow_stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    port = mlflow_stack.settings.mlflow_port
+
+    assert requests.get(url, headers={"Host": "evil.example.com"}, timeout=10).status_code == 403
+    for host in ("mlflow:5000", f"127.0.0.1:{port}", f"localhost:{port}"):
+        assert requests.get(url, headers={"Host": host}, timeout=10).status_code == 200, host
+
+
+def test_large_artifact_round_trips_through_the_proxy(mlflow_stack, client, tmp_path):
+    """200 MB up and down through the server: no worker timeout, not a byte changed."""
+    experiment_id, run_id = new_run(client)
+    big = tmp_path / "weights.bin"
+    digest = hashlib.sha256()
+    with big.open("wb") as handle:
+        for _ in range(200):
+            chunk = os.urandom(1024 * 1024)
+            digest.update(chunk)
+            handle.write(chunk)
+    client.log_artifact(run_id, str(big))
+
+    head = mlflow_stack.s3.head_object(
+        Bucket=mlflow_stack.bucket, Key=f"{experiment_id}/{run_id}/artifacts/weights.bin"
+    )
+    assert head["ContentLength"] == 200 * 1024 * 1024
+    downloaded = Path(client.download_artifacts(run_id, "weights.bin", str(tmp_path / "down")))
+    assert hashlib.sha256(downloaded.read_bytes()).hexdigest() == digest.hexdigest()
+
+
+def test_stack_restart_keeps_runs_and_artifacts(mlflow_stack, client, tmp_path):
+    _, run_id = new_run(client)
+    client.log_metric(run_id, "accuracy", 0.93)
+    (tmp_path / "model.txt").write_text("weights")
+    client.log_artifact(run_id, str(tmp_path / "model.txt"))
+
+    mlflow_stack.restart_stack()
+
+    after = MlflowClient(tracking_uri=mlflow_stack.tracking_uri)
+    assert after.get_run(run_id).data.metrics == {"accuracy": 0.93}
+    restored = Path(after.download_artifacts(run_id, "model.txt", str(tmp_path / "restored")))
+    assert restored.read_text() == "weights"

@@ -1,0 +1,47 @@
+"""The runtime interface and the `mlstack` command against the live stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def mlstack(settings, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLSTACK_PROJECT_DIR": str(settings.project_dir), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "mlstack.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_status_reports_every_service_running_and_healthy(mlflow_stack):
+    statuses = {service.name: service for service in mlflow_stack.runtime.status()}
+    assert {"postgres", "minio", "mlflow"} <= set(statuses)
+    assert all(service.running and service.healthy for service in statuses.values())
+
+
+def test_second_up_on_a_running_stack_is_a_no_op(mlflow_stack):
+    assert mlflow_stack.runtime.up() is False
+
+
+def test_cli_status_and_up_on_a_running_stack(mlflow_stack):
+    status = mlstack(mlflow_stack.settings, "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    for service in ("postgres", "minio", "mlflow"):
+        assert service in status.stdout
+
+    again = mlstack(mlflow_stack.settings, "up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already running" in again.stdout
+
+
+def test_cli_bootstrap_twice_says_nothing_changed(mlflow_stack):
+    mlstack(mlflow_stack.settings, "bootstrap")
+    second = mlstack(mlflow_stack.settings, "bootstrap")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "nothing changed" in second.stdout
+    assert "created" not in second.stdout

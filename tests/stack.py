@@ -1,0 +1,130 @@
+"""A live MLflow stack as tests see it, whichever runtime runs it: URLs, clients for the places
+where effects land (PostgreSQL rows, MinIO objects), and the faults tests inject."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from rich.console import Console
+
+from mlstack.bootstrap.minio import root_s3, server_s3
+from mlstack.runtime import Runtime
+from mlstack.runtime.docker import DockerRuntime
+from mlstack.runtime.native.runtime import NativeRuntime
+from mlstack.settings import Settings
+
+
+@dataclass
+class LiveStack:
+    settings: Settings
+    console: Console
+    runtime: Runtime = field(init=False)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.settings.mlflow_url
+
+    @property
+    def bucket(self) -> str:
+        return self.settings.mlflow_artifact_bucket
+
+    @property
+    def s3(self):
+        """boto3 S3 client with the MinIO root account (sees every bucket)."""
+        return root_s3(self.settings)
+
+    @property
+    def server_s3(self):
+        """boto3 S3 client with the MLflow server's own MinIO account."""
+        return server_s3(self.settings)
+
+    def pg_connect(self) -> psycopg.Connection:
+        """A connection to the backend store database."""
+        return psycopg.connect(self.settings.postgres_dsn, autocommit=True)
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def restart_server(self) -> None:
+        """SIGKILL the MLflow server and start it again (a crash and recovery)."""
+
+    def restart_stack(self) -> None:
+        """Stop every service cleanly and bring the stack back on the same data."""
+
+    def server_environments(self) -> list[dict[str, str]]:
+        """The environment of every MLflow server process."""
+        raise NotImplementedError
+
+
+@dataclass
+class NativeStack(LiveStack):
+    def __post_init__(self) -> None:
+        self.runtime = NativeRuntime(self.settings, self.console)
+
+    def start(self) -> None:
+        self.runtime.up()
+
+    def stop(self) -> None:
+        self.runtime.down()
+
+    def restart_server(self) -> None:
+        self.runtime.kill("mlflow")
+        self.runtime.up()
+
+    def restart_stack(self) -> None:
+        self.runtime.down()
+        self.runtime.up()
+
+    def server_environments(self) -> list[dict[str, str]]:
+        environments = []
+        for pid in self.runtime.server_pids():
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+            environments.append(dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item))
+        return environments
+
+
+@dataclass
+class DockerStack(LiveStack):
+    """The compose stack under infra/mlflow, through testcontainers (`up --wait` on healthchecks)."""
+
+    repo: Path = Path(".")
+
+    def __post_init__(self) -> None:
+        from testcontainers.compose import DockerCompose
+
+        # a project of its own, so the tests never touch a stack the user runs from this checkout
+        os.environ["COMPOSE_PROJECT_NAME"] = f"mlstack-test-{os.getpid()}"
+        self.compose = DockerCompose(
+            context=self.repo / "infra" / "mlflow",
+            compose_file_name="compose.yaml",
+            env_file=str(self.settings.env_file),
+            build=True,
+            wait=True,
+        )
+        self.runtime = DockerRuntime(self.settings, self.console)
+
+    def start(self) -> None:
+        self.compose.start()
+
+    def stop(self) -> None:
+        self.compose.stop()  # `down --volumes`: the scratch stack leaves nothing behind
+
+    def _compose(self, *args: str) -> None:
+        subprocess.run([*self.compose.compose_command_property, *args], check=True, cwd=self.compose.context)
+
+    def restart_server(self) -> None:
+        self._compose("kill", "mlflow")
+        self._compose("up", "--detach", "--wait", "mlflow")
+
+    def restart_stack(self) -> None:
+        self._compose("stop")
+        self._compose("up", "--detach", "--wait")
+
+    def server_environments(self) -> list[dict[str, str]]:
+        output, _, _ = self.compose.exec_in_container(["env"], service_name="mlflow")
+        return [dict(line.split("=", 1) for line in output.splitlines() if "=" in line)]
