@@ -44,7 +44,7 @@ class LiveStack:
 
     def pg_connect(self) -> psycopg.Connection:
         """A connection to the backend store database."""
-        return psycopg.connect(self.settings.postgres_dsn, autocommit=True)
+        return psycopg.connect(self.settings.postgres_dsn(), autocommit=True)
 
     def start(self) -> None: ...
 

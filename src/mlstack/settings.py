@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
+import psycopg.conninfo
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -163,12 +164,14 @@ class Settings(BaseSettings):
         """Offline ClearML sessions (the SDK's CLEARML_CACHE_DIR while no server answers)."""
         return (self.clearml_offline_dir or self.state_path / "clearml").resolve()
 
-    @property
-    def postgres_dsn(self) -> str:
-        """libpq connection string for the backend store, as seen from the host."""
-        return (
-            f"host=127.0.0.1 port={self.postgres_port} dbname={self.postgres_db} "
-            f"user={self.postgres_user} password={self.postgres_password.get_secret_value()}"
+    def postgres_dsn(self, database: str | None = None) -> str:
+        """libpq connection string, as seen from the host, for `database` (default: the backend store)."""
+        return psycopg.conninfo.make_conninfo(
+            host="127.0.0.1",
+            port=self.postgres_port,
+            dbname=database or self.postgres_db,
+            user=self.postgres_user,
+            password=self.postgres_password.get_secret_value(),
         )
 
     def backend_store_uri(self, host: str = "127.0.0.1", port: int | None = None) -> str:

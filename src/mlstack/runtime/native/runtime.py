@@ -97,7 +97,7 @@ class NativeRuntime:
     # --- health probes ---------------------------------------------------------------------
 
     def _postgres_healthy(self) -> bool:
-        return postgres_ok(self.settings.postgres_dsn.replace(f"dbname={self.settings.postgres_db}", "dbname=postgres"))
+        return postgres_ok(self.settings.postgres_dsn("postgres"))
 
     def _minio_healthy(self) -> bool:
         return http_ok(f"{self.settings.minio_url}/minio/health/live")
@@ -173,7 +173,7 @@ class NativeRuntime:
 
     def _ensure_database(self) -> None:
         s = self.settings
-        admin_dsn = s.postgres_dsn.replace(f"dbname={s.postgres_db}", "dbname=postgres")
+        admin_dsn = s.postgres_dsn("postgres")
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (s.postgres_db,)).fetchone()
             if not exists:
