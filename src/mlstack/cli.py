@@ -107,6 +107,19 @@ def bootstrap(
         console.print("bootstrap: everything already present; nothing changed")
 
 
+@app.command()
+def sync(
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="Send to this server instead of the one each spool file names.")
+    ] = None,
+) -> None:
+    """Replay metrics the tracker spooled to disk during a server outage (state folder's spool/)."""
+    from mlstack.tracking.mlflow.spool import replay_spool
+
+    sent = replay_spool(_settings(), tracking_uri=tracking_uri)
+    console.print(f"sync: sent {sent} spooled points" if sent else "sync: nothing spooled")
+
+
 @app.command("check-secrets")
 def check_secrets_command(
     stack: Annotated[StackName | None, typer.Option(help="Only this stack's secrets (default: all).")] = None,
