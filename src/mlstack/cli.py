@@ -8,10 +8,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlstack.bootstrap import MINIO_STEPS, MLFLOW_STACK_STEPS, run_steps
+from mlstack.bootstrap import MINIO_STEPS, MLFLOW_STACK_STEPS, Outcome, run_steps
+from mlstack.bootstrap.clearml import clearml_steps
+from mlstack.doctor import check_max_map_count
 from mlstack.errors import MlstackError
 from mlstack.runtime import resolve_runtime_name, select_runtimes
-from mlstack.runtime.native.tools import install_tools
+from mlstack.runtime.docker import engine_answers
+from mlstack.runtime.health import http_ok
+from mlstack.runtime.native.tools import find_tools, install_tools
 from mlstack.secrets import check_secrets, init_env, mask
 from mlstack.settings import SECRET_FIELDS, RuntimeName, Settings, StackName
 
@@ -21,6 +25,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+clearml_app = typer.Typer(help="ClearML client commands.", no_args_is_help=True)
+app.add_typer(clearml_app, name="clearml")
 console = Console()
 StackOption = Annotated[
     Literal["mlflow", "clearml", "all"], typer.Option("--stack", help="mlflow, clearml, or all (clearml needs docker).")
@@ -64,6 +70,8 @@ def up(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
     for chosen in runtimes:
         if chosen.name == "native":
             install_tools(settings, console)
+        if chosen.stack == "clearml" and (problem := check_max_map_count()):
+            console.print(f"[yellow]warning:[/] {problem}")
         if chosen.up():
             console.print(f"[bold green]{chosen.stack} stack is up ({chosen.name})[/]")
     console.print(f"MLflow tracking server: {settings.mlflow_url}")
@@ -92,19 +100,50 @@ def status(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
 
 @app.command()
 def bootstrap(
+    stack: StackOption = "all",
     storage_only: Annotated[
         bool, typer.Option(help="Only the MinIO steps (the compose stack's storage-bootstrap service).")
     ] = False,
 ) -> None:
-    """Create the artifact bucket, its policy, the server's MinIO account and the client settings."""
+    """Ordered, idempotent steps against the running stacks: MLflow's bucket, policy, server account and
+    client settings; ClearML's client credentials, clearml.conf and default queue."""
     settings = _settings()
-    results = run_steps(
-        MINIO_STEPS if storage_only else MLFLOW_STACK_STEPS,
-        settings,
-        lambda r: console.print(f"{r.step}: [bold]{r.outcome}[/] {r.detail}"),
-    )
-    if all(r.outcome == "already present" for r in results):
+    steps = list(MINIO_STEPS if storage_only else MLFLOW_STACK_STEPS) if stack != "clearml" else []
+    if stack != "mlflow" and not storage_only:
+        if http_ok(f"{settings.clearml_api_url}/debug.ping"):
+            steps += clearml_steps()
+        else:
+            problem = f"no ClearML apiserver answers at {settings.clearml_api_url}"
+            if stack == "clearml":
+                raise MlstackError(f"{problem}: start it with `make up STACK=clearml` (docker runtime).")
+            console.print(f"[yellow]skipping ClearML bootstrap:[/] {problem}")
+    results = run_steps(steps, settings, lambda r: console.print(f"{r.step}: [bold]{r.outcome}[/] {r.detail}"))
+    if all(r.outcome == Outcome.PRESENT for r in results):
         console.print("bootstrap: everything already present; nothing changed")
+
+
+@app.command()
+def doctor() -> None:
+    """Check this host for what the stacks need; exits 1 naming each problem and its fix."""
+    settings = _settings()
+    problems = {}
+    for check, run in {
+        "secrets": lambda: check_secrets(settings),
+        "native tools": lambda: find_tools(settings),
+    }.items():
+        try:
+            run()
+        except MlstackError as error:
+            problems[check] = str(error)
+    if (max_map := check_max_map_count()) is not None:
+        problems["vm.max_map_count (ClearML)"] = max_map
+    if not engine_answers():
+        problems["docker engine"] = "no Docker engine answers: the docker runtime (and the ClearML server) need one"
+    for check, problem in problems.items():
+        console.print(f"[red]✗[/] {check}: {problem}")
+    if problems:
+        raise typer.Exit(1)
+    console.print("[green]✓[/] everything the stacks need is here")
 
 
 @app.command()
@@ -118,6 +157,20 @@ def sync(
 
     sent = replay_spool(_settings(), tracking_uri=tracking_uri)
     console.print(f"sync: sent {sent} spooled points" if sent else "sync: nothing spooled")
+
+
+@clearml_app.command("sync")
+def clearml_sync() -> None:
+    """Upload tracker sessions stored offline to the ClearML server (each session once)."""
+    from mlstack.tracking.clearml import sync_offline_sessions
+
+    report = sync_offline_sessions(_settings())
+    console.print(
+        f"clearml sync: {len(report.synced)} uploaded, {len(report.already_synced)} already synced, "
+        f"{len(report.failed)} failed"
+    )
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @app.command("check-secrets")

@@ -1,0 +1,64 @@
+"""Choose between the ClearML server and offline mode, and point the SDK at the chosen one."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import requests
+from clearml import Task
+
+from mlstack.settings import Settings
+from mlstack.tracking.clearml.errors import ClearMLUnavailableError
+
+log = logging.getLogger(__name__)
+_announced_offline = False
+
+
+def server_problem(settings: Settings, timeout: float = 3.0) -> str | None:
+    """Why the configured ClearML server cannot be used, or None when it answers."""
+    if not (settings.clearml_api_access_key and settings.clearml_api_secret_key):
+        return "no ClearML credentials are configured (CLEARML_API_ACCESS_KEY / CLEARML_API_SECRET_KEY)"
+    url = f"{settings.clearml_api_url}/debug.ping"
+    try:
+        requests.get(url, timeout=timeout).raise_for_status()
+    except requests.RequestException as exc:
+        return f"the ClearML server at {settings.clearml_api_url} does not answer ({type(exc).__name__})"
+    return None
+
+
+def use_server(settings: Settings) -> None:
+    """Send SDK calls to the configured server with the bootstrap-created client credentials."""
+    Task.set_offline(False)
+    Task.set_credentials(
+        api_host=settings.clearml_api_url,
+        web_host=settings.clearml_web_url,
+        files_host=settings.clearml_files_url,
+        key=settings.clearml_api_access_key,
+        secret=settings.clearml_api_secret_key.get_secret_value(),
+    )
+
+
+def use_offline(settings: Settings, reason: str) -> None:
+    """Store sessions under the state folder (CLEARML_CACHE_DIR) and say so once per process."""
+    global _announced_offline
+    settings.clearml_offline_path.mkdir(parents=True, exist_ok=True)
+    os.environ["CLEARML_CACHE_DIR"] = str(settings.clearml_offline_path)
+    Task.set_offline(True)
+    if not _announced_offline:
+        _announced_offline = True
+        log.warning(
+            "ClearML offline: %s. Sessions are stored in %s; run `mlstack clearml sync` once the server is up.",
+            reason,
+            settings.clearml_offline_path / "offline",
+        )
+
+
+def require_server(settings: Settings) -> None:
+    """Point the SDK at the server, or raise naming why it cannot be used and what to do."""
+    problem = server_problem(settings)
+    if problem:
+        raise ClearMLUnavailableError(
+            f"This needs a ClearML server, but {problem}: start it (`make up`) and run `mlstack bootstrap`."
+        )
+    use_server(settings)

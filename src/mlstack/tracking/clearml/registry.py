@@ -1,0 +1,96 @@
+"""Model registry on ClearML models: register a weights file, list, load by version, publish."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from clearml import Model, OutputModel, Task
+
+from mlstack.settings import Settings
+from mlstack.tracking.clearml.connection import require_server
+from mlstack.tracking.clearml.errors import ClearMLConfigError
+
+
+def register_model(
+    model_path: str | Path,
+    model_name: str,
+    project_name: str,
+    tags: list[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    task_id: str | None = None,
+    settings: Settings | None = None,
+) -> str:
+    """A new version of `model_name` from a weights file, attached to `task_id` (or a new
+    registration task); returns the model id."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise ClearMLConfigError(f"model file {path} does not exist: save the model before registering it")
+    require_server(settings or Settings.load())
+    task = (
+        Task.get_task(task_id=task_id)
+        if task_id
+        else Task.create(project_name=project_name, task_name=f"register {model_name}", task_type=Task.TaskTypes.custom)
+    )
+    metadata = dict(metadata or {})
+    model = OutputModel(task=task, name=model_name, tags=tags, config_dict=metadata or None)
+    model.update_weights(weights_filename=str(path), auto_delete_file=False, async_enable=False)
+    for key, value in metadata.items():
+        model.set_metadata(key, str(value), v_type=type(value).__name__)
+    return model.id
+
+
+def list_models(
+    project_name: str | None = None,
+    model_name: str | None = None,
+    only_published: bool = False,
+    settings: Settings | None = None,
+) -> pd.DataFrame:
+    """Registered models (newest first): id, name, tags, published, task and weights URL."""
+    require_server(settings or Settings.load())
+    models = Model.query_models(project_name=project_name, model_name=model_name, only_published=only_published)
+    columns = ["model_id", "name", "tags", "published", "task_id", "url"]
+    return pd.DataFrame(
+        [[m.id, m.name, list(m.tags or []), m.published, m.task, m.url] for m in models], columns=columns
+    )
+
+
+def find_model(
+    model_name: str, version: str | int = "latest", project_name: str | None = None, settings: Settings | None = None
+) -> Model:
+    """Version 'latest', a 1-based version number (in registration order) or a model id."""
+    require_server(settings or Settings.load())
+    versions = list(reversed(Model.query_models(project_name=project_name, model_name=model_name)))
+    if not versions:
+        raise ClearMLConfigError(
+            f"no model named {model_name!r} is registered" + (f" in project {project_name!r}" if project_name else "")
+        )
+    if version == "latest":
+        return versions[-1]
+    if isinstance(version, int) or str(version).isdigit():
+        number = int(version)
+        if not 1 <= number <= len(versions):
+            raise ClearMLConfigError(f"model {model_name!r} has versions 1-{len(versions)}, not {version}")
+        return versions[number - 1]
+    for model in versions:
+        if model.id == version:
+            return model
+    raise ClearMLConfigError(f"model {model_name!r} has no version {version!r}: use 'latest', a number or a model id")
+
+
+def load_model(
+    model_name: str, version: str | int = "latest", project_name: str | None = None, settings: Settings | None = None
+) -> Path:
+    """Download the weights of that version; returns the local file."""
+    return Path(find_model(model_name, version, project_name, settings).get_local_copy(raise_on_error=True))
+
+
+def publish_model(
+    model_name: str, version: str | int = "latest", project_name: str | None = None, settings: Settings | None = None
+) -> str:
+    """Publish (lock) that version; returns its id."""
+    model = find_model(model_name, version, project_name, settings)
+    model.publish()
+    return model.id

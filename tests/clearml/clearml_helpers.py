@@ -1,0 +1,23 @@
+"""Helpers shared by the ClearML tests (imported by name: tests/clearml is on sys.path)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from mlstack.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_settings(root: Path, **values) -> Settings:
+    """Settings for a scratch checkout at `root`; no ClearML credentials unless given."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".env.example").touch()
+    values.setdefault("clearml_api_access_key", None)
+    values.setdefault("clearml_api_secret_key", None)
+    return Settings(MLSTACK_PROJECT_DIR=root, MLSTACK_STATE_DIR=root / "state", _env_file=None, **values)
