@@ -41,6 +41,10 @@ class Candidate:
 CANDIDATES = (
     Candidate("default (uvicorn)", ()),
     Candidate("uvicorn, h11 parser", ("--uvicorn-opts", "--http h11")),
+    Candidate(
+        "gunicorn gthread, keep-alive",
+        ("--workers", "2", "--gunicorn-opts", "--worker-class gthread --threads 4 --keep-alive 30"),
+    ),
 )
 
 
