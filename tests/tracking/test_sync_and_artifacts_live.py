@@ -1,0 +1,66 @@
+"""`mlstack sync` replaying a spool into the live server, folders of artifacts, the conversion preset."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from mlstack.tracking import ExperimentTracker
+from mlstack.tracking.mlflow.presets import PROCESS_TAG, MLflowConversionTracker
+from mlstack.tracking.mlflow.spool import MetricSpool, spool_folder
+
+pytestmark = pytest.mark.integration
+
+
+def test_mlstack_sync_replays_spooled_points_into_postgres_once(mlflow_stack, experiment):
+    run_id = (
+        MlflowClient(mlflow_stack.tracking_uri)
+        .create_run(MlflowClient(mlflow_stack.tracking_uri).get_experiment_by_name(experiment).experiment_id)
+        .info.run_id
+    )
+    now = int(time.time() * 1000)
+    spool = MetricSpool(spool_folder(mlflow_stack.settings), mlflow_stack.tracking_uri)
+    spool.append((run_id, "recovered", float(step), now + step, step) for step in range(2500))
+    env = {**os.environ, "MLSTACK_PROJECT_DIR": str(mlflow_stack.settings.project_dir)}
+
+    first = subprocess.run([sys.executable, "-m", "mlstack.cli", "sync"], env=env, capture_output=True, text=True)
+    second = subprocess.run([sys.executable, "-m", "mlstack.cli", "sync"], env=env, capture_output=True, text=True)
+
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "sent 2500 spooled points" in first.stdout
+    assert "nothing spooled" in second.stdout
+    with mlflow_stack.pg_connect() as connection:
+        count, top = connection.execute(
+            "SELECT count(*), max(step) FROM metrics WHERE run_uuid = %s AND key = 'recovered'", (run_id,)
+        ).fetchone()
+    assert (count, top) == (2500, 2499)
+
+
+def test_log_artifacts_uploads_a_folder_into_the_bucket(mlflow_stack, experiment, tmp_path):
+    (tmp_path / "eval" / "plots").mkdir(parents=True)
+    (tmp_path / "eval" / "metrics.json").write_text('{"rmse": 4.2}')
+    (tmp_path / "eval" / "plots" / "residuals.txt").write_text("flat")
+
+    with ExperimentTracker(experiment, run_name="folder") as tracker:
+        tracker.log_artifacts(tmp_path / "eval", artifact_path="evaluation")
+
+    listed = mlflow_stack.s3.list_objects_v2(Bucket=mlflow_stack.bucket, Prefix="")
+    keys = {item["Key"].split("/artifacts/", 1)[1] for item in listed["Contents"] if tracker.run_id in item["Key"]}
+    assert keys == {"evaluation/metrics.json", "evaluation/plots/residuals.txt"}
+
+
+def test_conversion_preset_tags_the_run_and_its_source(mlflow_stack, experiment):
+    with ExperimentTracker(experiment, run_name="source") as source:
+        source.log_param("framework", "sklearn")
+    with MLflowConversionTracker(experiment) as conversion:
+        conversion.log_source_run(source.run_id)
+
+    tags = MlflowClient(mlflow_stack.tracking_uri).get_run(conversion.run_id).data.tags
+    assert tags[PROCESS_TAG] == "conversion"
+    assert tags["mlstack.source_run_id"] == source.run_id
+    assert tags["mlflow.runName"] == "conversion"
