@@ -56,7 +56,8 @@ class DockerRuntime:
 
     def up(self) -> bool:
         check_secrets(self.settings, self.stack)
-        if self.status() and all(service.healthy for service in self.status()):
+        services = self.status()
+        if services and all(service.healthy for service in services):
             self.console.print(f"{self.stack} stack (docker) is already running and healthy: nothing to do")
             return False
         with self.console.status(f"docker compose up --wait ({self.stack})"):

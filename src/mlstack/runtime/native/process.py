@@ -81,6 +81,11 @@ class ManagedProcess:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def group(self) -> list[int]:
+        """Every live process of this service's group (its workers and helpers too)."""
+        pid = self.pid()
+        return group_members(pid) if pid is not None else []
+
     def kill(self) -> None:
         """SIGKILL the whole group at once, as a crash would (fault tests)."""
         pid = self.pid()
@@ -101,8 +106,9 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def _group_alive(pgid: int) -> bool:
-    """True while any non-zombie process of the group is left."""
+def group_members(pgid: int) -> list[int]:
+    """The live (non-zombie) processes of process group `pgid`."""
+    members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -111,8 +117,12 @@ def _group_alive(pgid: int) -> bool:
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
         if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+            members.append(int(entry.name))
+    return members
+
+
+def _group_alive(pgid: int) -> bool:
+    return bool(group_members(pgid))
 
 
 def _is_zombie(pid: int) -> bool:

@@ -89,10 +89,7 @@ class NativeRuntime:
 
     def server_pids(self) -> list[int]:
         """Every pid of the MLflow server's process group (main process, workers, job runners)."""
-        pid = self.processes["mlflow"].pid()
-        if pid is None:
-            return []
-        return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(int(p.name)) == pid]
+        return self.processes["mlflow"].group()
 
     # --- health probes ---------------------------------------------------------------------
 
@@ -275,10 +272,3 @@ def _postgres_os_user() -> str | None:
             "PostgreSQL cannot run as root and there is no `postgres` user: install the Debian package "
             "postgresql (it creates one) or run mlstack as an ordinary user."
         ) from missing
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
-    except (FileNotFoundError, IndexError, ValueError):
-        return None
