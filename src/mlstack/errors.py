@@ -29,3 +29,7 @@ class ServiceStartError(MlstackError):
 
 class RuntimeUnavailableError(MlstackError):
     """The requested runtime cannot run on this machine."""
+
+
+class ConfigError(MlstackError):
+    """A setting in .env (or the environment) has a value that cannot be used."""

@@ -11,8 +11,10 @@ from typing import Literal
 from urllib.parse import quote
 
 import psycopg.conninfo
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlstack.errors import ConfigError
 
 RuntimeName = Literal["auto", "docker", "native"]
 
@@ -75,8 +77,9 @@ class Settings(BaseSettings):
     mlflow_s3_access_key: str = "mlflow-server"
     mlflow_s3_secret_key: SecretStr = SecretStr("")
     mlflow_port: int = 5000
-    mlflow_workers: int = 2
-    mlflow_worker_timeout: int = 900
+    mlflow_workers: int = Field(default=2, ge=1)
+    mlflow_threads: int = Field(default=8, ge=1)
+    mlflow_worker_timeout: int = Field(default=900, ge=1)
     mlflow_allowed_hosts: str = "localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow,mlflow:*"
     mlflow_tracking_uri: str | None = None
     mlflow_experiment_name: str = "mlstack"
@@ -121,7 +124,16 @@ class Settings(BaseSettings):
         """Read settings for the checkout at `project_dir` (default: found from the cwd)."""
         project_dir = project_dir or Path(os.environ.get("MLSTACK_PROJECT_DIR") or find_project_dir())
         project_dir = project_dir.resolve()
-        return cls(_env_file=project_dir / ".env", MLSTACK_PROJECT_DIR=project_dir)
+        try:
+            return cls(_env_file=project_dir / ".env", MLSTACK_PROJECT_DIR=project_dir)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])).upper()}={e['input']!r}: {e['msg']}" for e in error.errors()
+            )
+            raise ConfigError(
+                f"Invalid setting in {project_dir / '.env'} or the environment: {problems}. "
+                "Fix the value (.env.example documents each setting)."
+            ) from None
 
     @property
     def env_file(self) -> Path:

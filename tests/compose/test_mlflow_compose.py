@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlstack.envfile import update_env
+from mlstack.runtime.native.runtime import gunicorn_options
+from mlstack.settings import Settings
 from tests.compose.conftest import run_compose
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -84,3 +87,15 @@ def test_compose_cli_refuses_a_missing_secret(compose_cli, generated_env):
     result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--quiet")
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD is not set" in result.stderr
+
+
+def test_server_options_come_from_env_and_match_the_native_runtime(compose_cli, generated_env):
+    update_env(generated_env, {"MLFLOW_WORKERS": "3", "MLFLOW_THREADS": "5", "MLFLOW_WORKER_TIMEOUT": "77"})
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    command = json.loads(result.stdout)["services"]["mlflow"]["command"]
+    settings = Settings.load(generated_env.parent)
+
+    assert "--workers=3" in command
+    assert f"--gunicorn-opts={gunicorn_options(settings)}" in command
+    assert "--threads 5" in gunicorn_options(settings) and "--timeout 77" in gunicorn_options(settings)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,44 @@ def test_large_artifact_round_trips_through_the_proxy(mlflow_stack, client, tmp_
     assert head["ContentLength"] == 200 * 1024 * 1024
     downloaded = Path(client.download_artifacts(run_id, "weights.bin", str(tmp_path / "down")))
     assert hashlib.sha256(downloaded.read_bytes()).hexdigest() == digest.hexdigest()
+
+
+def test_uploads_held_open_on_every_worker_do_not_block_other_requests(mlflow_stack, client):
+    """As many slow uploads as there are worker processes: a slow client holds a thread, not a worker."""
+    experiment_id, run_id = new_run(client)
+    uploads = mlflow_stack.settings.mlflow_workers
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def held_body():
+        yield os.urandom(1024 * 1024)
+        started.release()  # the first megabyte is on the wire: the upload is connected
+        release.wait(timeout=300)
+        yield b"last bytes"
+
+    def upload(index: int) -> requests.Response:
+        artifacts = f"{mlflow_stack.tracking_uri}/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{run_id}"
+        return requests.put(f"{artifacts}/artifacts/held{index}.bin", data=held_body(), timeout=300)
+
+    with ThreadPoolExecutor(uploads) as pool:
+        pending = [pool.submit(upload, index) for index in range(uploads)]
+        try:
+            for _ in range(uploads):
+                assert started.acquire(timeout=60), "an upload never started"
+            answer = requests.get(
+                f"{mlflow_stack.tracking_uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=60
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["run"]["info"]["run_id"] == run_id
+            assert not any(upload.done() for upload in pending), "an upload ended before it was released"
+        finally:
+            release.set()
+        for upload_result in pending:
+            upload_result.result().raise_for_status()
+
+    for index in range(uploads):
+        key = f"{experiment_id}/{run_id}/artifacts/held{index}.bin"
+        assert mlflow_stack.s3.head_object(Bucket=mlflow_stack.bucket, Key=key)["ContentLength"] == 1024 * 1024 + 10
 
 
 def test_stack_restart_keeps_runs_and_artifacts(mlflow_stack, client, tmp_path):

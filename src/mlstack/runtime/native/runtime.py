@@ -223,7 +223,7 @@ class NativeRuntime:
 
 
 def mlflow_server_command(settings: Settings) -> list[str]:
-    """The tracking server under gunicorn (see README: why gunicorn, and the Host-header check)."""
+    """The tracking server under gunicorn with threaded workers (README: why, and the Host-header check)."""
     return [
         sys.executable,
         "-m",
@@ -238,8 +238,19 @@ def mlflow_server_command(settings: Settings) -> list[str]:
         "--workers",
         str(settings.mlflow_workers),
         "--gunicorn-opts",
-        f"--timeout {settings.mlflow_worker_timeout} --graceful-timeout 30",
+        gunicorn_options(settings),
     ]
+
+
+def gunicorn_options(settings: Settings) -> str:
+    """Threaded workers with HTTP keep-alive: a long upload holds one thread, never a whole worker.
+
+    infra/mlflow/compose.yaml passes the same options (a compose test keeps the two equal).
+    """
+    return (
+        f"--worker-class gthread --threads {settings.mlflow_threads} --keep-alive 5"
+        f" --timeout {settings.mlflow_worker_timeout} --graceful-timeout 30"
+    )
 
 
 def mlflow_server_env(settings: Settings) -> dict[str, str]:
