@@ -1,51 +1,98 @@
 """Per-request latency of the MLflow server as shipped versus a default `mlflow server`, in one run.
 
-Both servers share the running stack's backend store and artifact store; the shipped one is the
-stack's own (gunicorn), the others are started here on free ports and stopped at the end. Clients
-are plain `MlflowClient`s, as users have them.
+Every server shares the running stack's backend store and artifact store: "shipped" is the stack's
+own server; the candidates are started here on free ports and stopped at the end. Each server is
+measured only once its whole process group has gone quiet (MLflow starts a job runner and huey
+consumers that import for seconds after /health answers), and the servers take turns, round by
+round, so drift in the machine's speed spreads over all of them. Clients are plain `MlflowClient`s,
+as users have them; one extra row times raw HTTP against the shipped server, without the client.
 
-    make up && .venv/bin/python benchmarks/server_latency.py [--requests 200] [--batches 20]
+    make up && .venv/bin/python benchmarks/server_latency.py [--requests 300] [--rounds 10]
+
+The reverse-proxy candidates need `nginx` on PATH (Debian: nginx-light); without it they are skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from rich.console import Console
 from rich.table import Table
 
 from mlstack.runtime.health import http_ok
-from mlstack.runtime.native.process import ManagedProcess
+from mlstack.runtime.native.process import ManagedProcess, group_members
 from mlstack.runtime.native.runtime import mlflow_server_env
 from mlstack.settings import Settings
+
+OPERATIONS = ("runs/get", "log-metric", "set-tag", "log-batch(1000)")
+BASELINE = "default mlflow server (uvicorn)"
+UPLOADS_HELD = 2
 
 
 @dataclass(frozen=True)
 class Candidate:
     name: str
-    extra_args: tuple[str, ...]
+    server_args: tuple[str, ...] = ()
+    #: nginx in front of this candidate's server; upstream keep-alive on or off.
+    proxy_keepalive: bool | None = None
 
 
-#: Servers started for comparison; "shipped" is the stack's running server.
 CANDIDATES = (
-    Candidate("default (uvicorn)", ()),
+    Candidate(BASELINE),
     Candidate("uvicorn, h11 parser", ("--uvicorn-opts", "--http h11")),
-    Candidate(
-        "gunicorn gthread, keep-alive",
-        ("--workers", "2", "--gunicorn-opts", "--worker-class gthread --threads 4 --keep-alive 30"),
-    ),
+    Candidate("gunicorn sync workers (no keep-alive)", ("--workers", "2", "--gunicorn-opts", "--timeout 900")),
+    Candidate("nginx (host check) -> uvicorn, upstream keep-alive", proxy_keepalive=True),
+    Candidate("nginx (host check) -> uvicorn, new upstream connections", proxy_keepalive=False),
 )
+
+NGINX_CONF = """\
+worker_processes 1;
+pid {workdir}/nginx-{port}.pid;
+error_log {workdir}/nginx-{port}.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_max_body_size 0;
+  proxy_request_buffering off;
+  proxy_buffering off;
+  upstream mlflow {{ server {upstream}; {keepalive} }}
+  server {{ listen 127.0.0.1:{port} default_server; return 403; }}
+  server {{
+    listen 127.0.0.1:{port};
+    server_name localhost 127.0.0.1 mlflow;
+    location / {{
+      proxy_pass http://mlflow;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host localhost;
+    }}
+  }}
+}}
+"""
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    samples: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
+    during_uploads: list[float] | None = None
 
 
 def free_port() -> int:
@@ -54,59 +101,147 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_candidate(settings: Settings, candidate: Candidate, workdir: Path) -> tuple[ManagedProcess, str]:
-    port = free_port()
-    process = ManagedProcess(f"bench-{port}", workdir, workdir)
-    process.start(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--artifacts-destination",
-            f"s3://{settings.mlflow_artifact_bucket}",
-            *candidate.extra_args,
-        ],
-        env=mlflow_server_env(settings),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while not http_ok(f"{url}/health"):
+def group_cpu_seconds(pgid: int) -> float:
+    ticks = 0
+    for pid in group_members(pgid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_quiet(pgid: int, timeout: float = 240.0) -> None:
+    """Until the process group uses under 5% of a core over two seconds."""
+    deadline = time.monotonic() + timeout
+    before = group_cpu_seconds(pgid)
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        now = group_cpu_seconds(pgid)
+        if now - before < 0.1:
+            return
+        before = now
+
+
+def start_process(command: list[str], env: dict[str, str], workdir: Path, health: str) -> ManagedProcess:
+    process = ManagedProcess(f"bench-{uuid.uuid4().hex[:8]}", workdir, workdir)
+    process.start(command, env=env)
+    deadline = time.monotonic() + 180
+    while not http_ok(health):
         if time.monotonic() > deadline or not process.is_running():
-            raise RuntimeError(f"{candidate.name} did not start:\n{process.tail()}")
+            raise RuntimeError(f"{command[:4]} did not start:\n{process.tail()}")
         time.sleep(0.5)
+    return process
+
+
+def start_mlflow(settings: Settings, candidate: Candidate, workdir: Path) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    command = [
+        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+        *("--artifacts-destination", f"s3://{settings.mlflow_artifact_bucket}", *candidate.server_args),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    return start_process(command, mlflow_server_env(settings), workdir, f"{url}/health"), url
+
+
+def start_nginx(nginx: str, upstream: str, keepalive: bool, workdir: Path) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    conf = workdir / f"nginx-{port}.conf"
+    conf.write_text(
+        NGINX_CONF.format(
+            workdir=workdir, port=port, upstream=upstream.removeprefix("http://"), keepalive="keepalive 8;" * keepalive
+        )
+    )
+    command = [nginx, "-e", str(workdir / f"nginx-{port}.log"), "-c", str(conf), "-g", "daemon off;"]
+    url = f"http://127.0.0.1:{port}"
+    process = start_process(command, {"PATH": os.environ["PATH"]}, workdir, f"{url}/health")
+    if requests.get(f"{url}/health", headers={"Host": "evil.example.com"}, timeout=10).status_code != 403:
+        raise RuntimeError("the nginx candidate does not refuse an unknown Host")
     return process, url
 
 
-def timed(call: Callable[[], object], count: int) -> list[float]:
-    samples = []
+def timed(call: Callable[[], object], count: int, into: list[float]) -> None:
     for _ in range(count):
         start = time.perf_counter()
         call()
-        samples.append((time.perf_counter() - start) * 1000)
+        into.append((time.perf_counter() - start) * 1000)
+
+
+class Workload:
+    """One run on one server, and the four requests timed against it."""
+
+    def __init__(self, url: str):
+        self.client = MlflowClient(tracking_uri=url)
+        experiment_id = self.client.create_experiment(f"latency-{uuid.uuid4().hex[:8]}")
+        self.run_id = self.client.create_run(experiment_id).info.run_id
+        self.steps = iter(range(10**9))
+        timed(lambda: self.client.get_run(self.run_id), 10, [])  # warm connections and workers
+
+    def calls(self) -> dict[str, Callable[[], object]]:
+        client, run_id, steps, now = self.client, self.run_id, self.steps, int(time.time() * 1000)
+        return {
+            "runs/get": lambda: client.get_run(run_id),
+            "log-metric": lambda: client.log_metric(run_id, "loss", 0.5, step=next(steps)),
+            "set-tag": lambda: client.set_tag(run_id, "stage", "bench"),
+            "log-batch(1000)": lambda: client.log_batch(
+                run_id, metrics=[Metric("m", float(i), now, next(steps)) for i in range(1000)]
+            ),
+        }
+
+
+class RawHttpWorkload(Workload):
+    """The same requests as plain HTTP on one kept-alive session: the server's share without the client's."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.url, self.session = f"{url}/api/2.0/mlflow/runs", requests.Session()
+
+    def calls(self) -> dict[str, Callable[[], object]]:
+        url, session, run_id, steps = self.url, self.session, self.run_id, self.steps
+        return {
+            "runs/get": lambda: session.get(f"{url}/get", params={"run_id": run_id}).raise_for_status(),
+            "log-metric": lambda: session.post(
+                f"{url}/log-metric",
+                json={"run_id": run_id, "key": "loss", "value": 0.5, "timestamp": 0, "step": next(steps)},
+            ).raise_for_status(),
+            "set-tag": lambda: session.post(
+                f"{url}/set-tag", json={"run_id": run_id, "key": "stage", "value": "bench"}
+            ).raise_for_status(),
+        }
+
+
+def get_run_during_held_uploads(url: str, requests_count: int = 20, limit: float = 10.0) -> list[float] | None:
+    """runs/get latencies while UPLOADS_HELD artifact uploads stay open; None if a request waited > `limit` s."""
+    workload = Workload(url)
+    release, started = threading.Event(), threading.Semaphore(0)
+
+    def held_body():
+        yield b"x" * (1024 * 1024)
+        started.release()
+        release.wait(timeout=120)
+
+    def upload(index: int) -> None:
+        target = f"{url}/api/2.0/mlflow-artifacts/artifacts/bench-held/{uuid.uuid4().hex}/part{index}.bin"
+        requests.put(target, data=held_body(), timeout=180)
+
+    samples: list[float] = []
+    with ThreadPoolExecutor(UPLOADS_HELD) as pool:
+        for index in range(UPLOADS_HELD):
+            pool.submit(upload, index)
+        try:
+            for _ in range(UPLOADS_HELD):
+                started.acquire(timeout=60)
+            target = f"{url}/api/2.0/mlflow/runs/get"
+            for _ in range(requests_count):
+                start = time.perf_counter()
+                requests.get(target, params={"run_id": workload.run_id}, timeout=limit).raise_for_status()
+                samples.append((time.perf_counter() - start) * 1000)
+        except requests.Timeout:
+            return None
+        finally:
+            release.set()
     return samples
-
-
-def measure(url: str, requests: int, batches: int) -> dict[str, list[float]]:
-    client = MlflowClient(tracking_uri=url)
-    experiment_id = client.create_experiment(f"latency-{uuid.uuid4().hex[:8]}")
-    run_id = client.create_run(experiment_id).info.run_id
-    step = iter(range(10**9))
-    timed(lambda: client.get_run(run_id), 10)  # warm the connection pool and the workers
-    now = int(time.time() * 1000)
-    return {
-        "runs/get": timed(lambda: client.get_run(run_id), requests),
-        "log-metric": timed(lambda: client.log_metric(run_id, "loss", 0.5, step=next(step)), requests),
-        "set-tag": timed(lambda: client.set_tag(run_id, "stage", "bench"), requests),
-        "log-batch(1000)": timed(
-            lambda: client.log_batch(run_id, metrics=[Metric("m", float(i), now, next(step)) for i in range(1000)]),
-            batches,
-        ),
-    }
 
 
 def p99(samples: list[float]) -> float:
@@ -115,31 +250,81 @@ def p99(samples: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=200, help="requests per single-call operation")
-    parser.add_argument("--batches", type=int, default=20, help="log-batch(1000) requests")
+    parser.add_argument("--requests", type=int, default=300, help="requests per single-call operation and server")
+    parser.add_argument("--batches", type=int, default=20, help="log-batch(1000) requests per server")
+    parser.add_argument("--rounds", type=int, default=10, help="turns the servers take")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # the table stays readable in a log file
     settings = Settings.load()
     if not http_ok(f"{settings.mlflow_url}/health"):
         raise SystemExit(f"no MLflow server answers at {settings.mlflow_url}: run `make up` first")
+    nginx = shutil.which("nginx")
 
-    results = {"shipped (gunicorn)": measure(settings.mlflow_url, args.requests, args.batches)}
-    with tempfile.TemporaryDirectory() as workdir:
-        for candidate in CANDIDATES:
-            process, url = start_candidate(settings, candidate, Path(workdir))
-            try:
-                results[candidate.name] = measure(url, args.requests, args.batches)
-            finally:
+    servers = [Server("shipped (gunicorn gthread, keep-alive)", settings.mlflow_url)]
+    processes: list[ManagedProcess] = []
+    with tempfile.TemporaryDirectory() as temporary:
+        workdir = Path(temporary)
+        try:
+            for candidate in CANDIDATES:
+                if candidate.proxy_keepalive is None:
+                    process, url = start_mlflow(settings, candidate, workdir)
+                elif nginx is None:
+                    console.print(f"[yellow]skipped[/] {candidate.name}: nginx is not on PATH")
+                    continue
+                else:
+                    upstream = next(server.url for server in servers if server.name == BASELINE)
+                    process, url = start_nginx(nginx, upstream, candidate.proxy_keepalive, workdir)
+                processes.append(process)
+                servers.append(Server(candidate.name, url))
+            console.print("waiting until every server's processes are quiet ...")
+            for process in processes:
+                wait_until_quiet(process.pid())
+            raw = Server("shipped, raw HTTP without the mlflow client", settings.mlflow_url)
+            workloads = [(server, Workload(server.url)) for server in servers] + [
+                (raw, RawHttpWorkload(settings.mlflow_url))
+            ]
+            per_round = max(1, args.requests // args.rounds)
+            batches_per_round = max(1, args.batches // args.rounds)
+            for round_number in range(args.rounds):
+                console.print(f"round {round_number + 1}/{args.rounds}")
+                for server, workload in workloads:
+                    for operation, call in workload.calls().items():
+                        count = batches_per_round if operation == "log-batch(1000)" else per_round
+                        timed(call, count, server.samples[operation])
+            for server in servers:
+                server.during_uploads = get_run_during_held_uploads(server.url)
+        finally:
+            for process in processes:
                 process.stop()
+    print_results(console, servers, raw, args)
 
-    baseline = results["default (uvicorn)"]
-    table = Table("server", "request", "median ms", "p99 ms", "median vs default", title="MLflow server latency")
-    for server, operations in results.items():
-        for operation, samples in operations.items():
-            ratio = statistics.median(baseline[operation]) / statistics.median(samples)
-            table.add_row(
-                server, operation, f"{statistics.median(samples):.1f}", f"{p99(samples):.1f}", f"{ratio:.1f}x faster"
-            )
+
+def print_results(console: Console, servers: list[Server], raw: Server, args: argparse.Namespace) -> None:
+    """One row a server: median / p99 ms per request and the median's ratio to the default server."""
+    baseline = next(server for server in servers if server.name == BASELINE)
+    table = Table(
+        "server",
+        *(f"{operation}\nmedian / p99 ms" for operation in OPERATIONS),
+        f"runs/get, {UPLOADS_HELD} uploads\nheld open: median ms",
+        title=f"MLflow server latency ({args.rounds} rounds; ratio = default median / this median)",
+    )
+    for server in [*servers, raw]:
+        cells = []
+        for operation in OPERATIONS:
+            samples = server.samples[operation]
+            if not samples:
+                cells.append("")
+                continue
+            median = statistics.median(samples)
+            ratio = statistics.median(baseline.samples[operation]) / median
+            cells.append(f"{median:.1f} / {p99(samples):.1f} ({ratio:.1f}x)")
+        if server is raw:
+            held = ""
+        elif server.during_uploads is None:
+            held = "blocked (> 10 s)"
+        else:
+            held = f"{statistics.median(server.during_uploads):.1f}"
+        table.add_row(server.name, *cells, held)
     console.print(table)
 
 
