@@ -3,6 +3,8 @@ where effects land (PostgreSQL rows, MinIO objects), and the faults tests inject
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -60,6 +62,10 @@ class LiveStack:
         """The environment of every MLflow server process."""
         raise NotImplementedError
 
+    def server_commands(self) -> list[list[str]]:
+        """The argv of every MLflow server process (main process, gunicorn master and workers, jobs)."""
+        raise NotImplementedError
+
 
 @dataclass
 class NativeStack(LiveStack):
@@ -86,6 +92,13 @@ class NativeStack(LiveStack):
             raw = Path(f"/proc/{pid}/environ").read_bytes()
             environments.append(dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item))
         return environments
+
+    def server_commands(self) -> list[list[str]]:
+        commands = []
+        for pid in self.runtime.server_pids():
+            with contextlib.suppress(FileNotFoundError):
+                commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode().rstrip("\0").split("\0"))
+        return commands
 
 
 @dataclass
@@ -128,3 +141,39 @@ class DockerStack(LiveStack):
     def server_environments(self) -> list[dict[str, str]]:
         output, _, _ = self.compose.exec_in_container(["env"], service_name="mlflow")
         return [dict(line.split("=", 1) for line in output.splitlines() if "=" in line)]
+
+    def server_commands(self) -> list[list[str]]:
+        output, _, _ = self.compose.exec_in_container(["python", "-c", _LIST_COMMANDS], service_name="mlflow")
+        return json.loads(output)
+
+    def status_inside_network(self, url: str, host: str | None = None) -> int:
+        """The HTTP status a request from inside the compose network (the mlflow container) gets."""
+        output, _, _ = self.compose.exec_in_container(
+            ["python", "-c", _REQUEST_STATUS, url, *([host] if host else [])], service_name="mlflow"
+        )
+        return int(output.strip())
+
+
+#: Run inside the server container (no ps there): every process's argv as JSON.
+_LIST_COMMANDS = """
+import json, pathlib
+commands = []
+for proc in pathlib.Path("/proc").glob("[0-9]*"):
+    try:
+        argv = (proc / "cmdline").read_bytes().decode().rstrip("\\0").split("\\0")
+    except OSError:
+        continue
+    if argv != [""]:
+        commands.append(argv)
+print(json.dumps(commands))
+"""
+
+#: Run inside the server container: GET argv[1] (Host: argv[2] if given) and print the status.
+_REQUEST_STATUS = """
+import sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1], headers={"Host": sys.argv[2]} if len(sys.argv) > 2 else {})
+try:
+    print(urllib.request.urlopen(request, timeout=10).status)
+except urllib.error.HTTPError as error:
+    print(error.code)
+"""

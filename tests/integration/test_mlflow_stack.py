@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 
 from mlstack.bootstrap import MLFLOW_STACK_STEPS, Outcome, run_steps
+from tests.stack import DockerStack
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +115,27 @@ def test_unknown_host_header_is_refused_and_configured_hosts_work(mlflow_stack):
     assert requests.get(url, headers={"Host": "evil.example.com"}, timeout=10).status_code == 403
     for host in ("mlflow:5000", f"127.0.0.1:{port}", f"localhost:{port}"):
         assert requests.get(url, headers={"Host": host}, timeout=10).status_code == 200, host
+
+
+def test_requests_from_inside_the_compose_network_pass_the_host_check(mlflow_stack):
+    if not isinstance(mlflow_stack, DockerStack):
+        pytest.skip("the compose network exists only under the docker runtime; the Host-header test covers native")
+    url = "http://mlflow:5000/api/2.0/mlflow/experiments/search?max_results=1"
+
+    assert mlflow_stack.status_inside_network(url) == 200
+    assert mlflow_stack.status_inside_network(url, host="evil.example.com") == 403
+
+
+def test_server_runs_the_workers_threads_and_timeout_set_in_env(mlflow_stack):
+    settings = mlflow_stack.settings
+    gunicorn = [argv for argv in mlflow_stack.server_commands() if "gunicorn" in " ".join(argv[:3])]
+
+    assert len(gunicorn) == settings.mlflow_workers + 1, gunicorn  # the master and its workers
+    for argv in gunicorn:
+        options = " ".join(argv)
+        assert f"-w {settings.mlflow_workers}" in options
+        assert f"--worker-class gthread --threads {settings.mlflow_threads}" in options
+        assert f"--timeout {settings.mlflow_worker_timeout}" in options
 
 
 def test_large_artifact_round_trips_through_the_proxy(mlflow_stack, client, tmp_path):
