@@ -214,6 +214,8 @@ class RawHttpWorkload(Workload):
 def get_run_during_held_uploads(url: str, requests_count: int = 20, limit: float = 10.0) -> list[float] | None:
     """runs/get latencies while UPLOADS_HELD artifact uploads stay open; None if a request waited > `limit` s."""
     workload = Workload(url)
+    run = workload.client.get_run(workload.run_id).info
+    artifacts = f"{url}/api/2.0/mlflow-artifacts/artifacts/{run.experiment_id}/{run.run_id}/artifacts"
     release, started = threading.Event(), threading.Semaphore(0)
 
     def held_body():
@@ -222,8 +224,7 @@ def get_run_during_held_uploads(url: str, requests_count: int = 20, limit: float
         release.wait(timeout=120)
 
     def upload(index: int) -> None:
-        target = f"{url}/api/2.0/mlflow-artifacts/artifacts/bench-held/{uuid.uuid4().hex}/part{index}.bin"
-        requests.put(target, data=held_body(), timeout=180)
+        requests.put(f"{artifacts}/held{index}.bin", data=held_body(), timeout=180)
 
     samples: list[float] = []
     with ThreadPoolExecutor(UPLOADS_HELD) as pool:
