@@ -52,8 +52,16 @@ class LiveStack:
 
     def stop(self) -> None: ...
 
+    def stop_server(self) -> None:
+        """SIGKILL the MLflow server (a crash); the stores keep running."""
+
+    def start_server(self) -> None:
+        """Start the MLflow server again and wait until it is healthy."""
+
     def restart_server(self) -> None:
         """SIGKILL the MLflow server and start it again (a crash and recovery)."""
+        self.stop_server()
+        self.start_server()
 
     def restart_stack(self) -> None:
         """Stop every service cleanly and bring the stack back on the same data."""
@@ -78,8 +86,10 @@ class NativeStack(LiveStack):
     def stop(self) -> None:
         self.runtime.down()
 
-    def restart_server(self) -> None:
+    def stop_server(self) -> None:
         self.runtime.kill("mlflow")
+
+    def start_server(self) -> None:
         self.runtime.up()
 
     def restart_stack(self) -> None:
@@ -130,8 +140,10 @@ class DockerStack(LiveStack):
     def _compose(self, *args: str) -> None:
         subprocess.run([*self.compose.compose_command_property, *args], check=True, cwd=self.compose.context)
 
-    def restart_server(self) -> None:
+    def stop_server(self) -> None:
         self._compose("kill", "mlflow")
+
+    def start_server(self) -> None:
         self._compose("up", "--detach", "--wait", "mlflow")
 
     def restart_stack(self) -> None:

@@ -152,11 +152,16 @@ def sync(
         str | None, typer.Option(help="Send to this server instead of the one each spool file names.")
     ] = None,
 ) -> None:
-    """Replay metrics the tracker spooled to disk during a server outage (state folder's spool/)."""
-    from mlstack.tracking.mlflow.spool import replay_spool
+    """Replay what the tracker spooled during a server outage (state folder's spool/): points, then run ends."""
+    from mlstack.tracking.mlflow.spool import replay_run_ends, replay_spool
 
-    sent = replay_spool(_settings(), tracking_uri=tracking_uri)
-    console.print(f"sync: sent {sent} spooled points" if sent else "sync: nothing spooled")
+    settings = _settings()
+    sent = replay_spool(settings, tracking_uri=tracking_uri)
+    ended = replay_run_ends(settings, tracking_uri=tracking_uri)
+    if not (sent or ended):
+        console.print("sync: nothing spooled")
+        return
+    console.print(f"sync: sent {sent} spooled points" + (f", ended {ended} runs" if ended else ""))
 
 
 @clearml_app.command("sync")

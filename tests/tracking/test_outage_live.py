@@ -1,10 +1,16 @@
-"""A server crash while a run logs: every point reaches the server once it is back."""
+"""A server crash while a run logs: every point, and the run's end, reach the server once it is back."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import mlflow
 import pytest
 
-from mlstack.tracking import ExperimentTracker
+from mlstack.tracking import ExperimentTracker, setup_mlflow
+from mlstack.tracking.mlflow.errors import MetricsSpooledError
 
 pytestmark = pytest.mark.integration
 
@@ -25,3 +31,42 @@ def test_every_point_survives_a_sigkill_of_the_server_mid_run(mlflow_stack, expe
             (tracker.run_id, tracker.run_id),
         ).fetchone()
     assert (count, distinct_steps, status) == (POINTS, POINTS, "FINISHED")
+
+
+def test_a_run_that_ends_while_the_server_is_down_is_ended_by_sync(mlflow_stack, experiment):
+    # "localhost" gives this test a metric pipeline of its own, with a 2-second outage budget
+    uri = mlflow_stack.tracking_uri.replace("127.0.0.1", "localhost")
+    settings = mlflow_stack.settings.model_copy(update={"metric_outage_budget_seconds": 2.0})
+    setup_mlflow(experiment, tracking_uri=uri, settings=settings)
+    tracker = ExperimentTracker(run_name="ends-while-down").start_run()
+    tracker.log_metric("loss", 0.5, step=0)
+    tracker.flush()
+    mlflow_stack.stop_server()
+    try:
+        tracker.log_metric("loss", 0.25, step=1)
+        with pytest.raises(MetricsSpooledError) as raised:
+            tracker.end_run("FINISHED")  # without the spooled end: minutes of client retries, then an MlflowException
+        assert "mlstack sync" in " ".join(raised.value.__notes__)
+        assert mlflow.active_run() is None
+    finally:
+        mlflow_stack.start_server()
+        setup_mlflow(experiment, tracking_uri=mlflow_stack.tracking_uri, settings=mlflow_stack.settings)
+    with mlflow_stack.pg_connect() as connection:
+        assert connection.execute("SELECT status FROM runs WHERE run_uuid = %s", (tracker.run_id,)).fetchone() == (
+            "RUNNING",
+        )
+
+    env = {**os.environ, "MLSTACK_PROJECT_DIR": str(mlflow_stack.settings.project_dir)}
+    sync = subprocess.run([sys.executable, "-m", "mlstack.cli", "sync"], env=env, capture_output=True, text=True)
+
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    assert "ended 1 runs" in sync.stdout
+    with mlflow_stack.pg_connect() as connection:
+        status, end_time = connection.execute(
+            "SELECT status, end_time FROM runs WHERE run_uuid = %s", (tracker.run_id,)
+        ).fetchone()
+        steps = connection.execute(
+            "SELECT step FROM metrics WHERE run_uuid = %s AND key = 'loss' ORDER BY step", (tracker.run_id,)
+        ).fetchall()
+    assert (status, steps) == ("FINISHED", [(0,), (1,)])
+    assert end_time is not None

@@ -41,7 +41,7 @@ from mlstack.tracking.mlflow.registry import (
     set_model_alias,
     transition_model_stage,
 )
-from mlstack.tracking.mlflow.spool import replay_spool
+from mlstack.tracking.mlflow.spool import replay_run_ends, replay_spool
 from mlstack.tracking.mlflow.tracker import (
     ExperimentTracker,
     MLflowExperimentTracker,
@@ -80,6 +80,7 @@ __all__ = [
     "log_params_decorator",
     "mlflow_run",
     "register_best_model",
+    "replay_run_ends",
     "replay_spool",
     "search_runs",
     "set_model_alias",

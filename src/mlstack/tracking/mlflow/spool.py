@@ -1,8 +1,10 @@
-"""The local spool: metric points the server did not accept, kept as JSON lines for `mlstack sync`.
+"""The local spool: what the server could not take, kept on disk for `mlstack sync`.
 
-A spool file starts with a header line {"tracking_uri": ...}; every other line is one point
+A metrics file starts with a header line {"tracking_uri": ...}; every other line is one point
 {"run_id", "key", "value", "timestamp", "step"}. Replaying is idempotent: the server ignores a
-point whose run, key, value, timestamp and step it already has.
+point whose run, key, value, timestamp and step it already has. A run-end file holds the end
+(status, end time) of one run that finished while its server was unreachable; sync sends it
+after the points.
 """
 
 from __future__ import annotations
@@ -86,7 +88,10 @@ def replay_spool(settings_or_path: Settings | Path | str, tracking_uri: str | No
         target = Path(settings_or_path)
         if not target.exists():
             raise FileNotFoundError(f"no spool file or folder at {target}: pass the path `mlstack sync` reported")
-    files = sorted(target.glob("metrics-*.jsonl")) if target.is_dir() else [target]
+    if target.is_dir():
+        files = sorted(target.glob("metrics-*.jsonl"))
+    else:
+        files = [] if target.name.startswith("run-end-") else [target]  # run ends: replay_run_ends
     sent = 0
     for path in files:
         recorded_uri, points = read_spool(path)
@@ -97,3 +102,37 @@ def replay_spool(settings_or_path: Settings | Path | str, tracking_uri: str | No
             sent += len(chunk)
         path.unlink()
     return sent
+
+
+def spool_run_end(folder: Path, tracking_uri: str, run_id: str, status: str, end_time: int) -> Path:
+    """Keep the end of run `run_id` (durably: written, fsynced, renamed into place); returns the file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"run-end-{run_id}.json"
+    partial = path.with_suffix(".partial")
+    record = {"tracking_uri": tracking_uri, "run_id": run_id, "status": status, "end_time": end_time}
+    with partial.open("w", encoding="utf-8") as handle:
+        json.dump(record, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    partial.replace(path)
+    return path
+
+
+def replay_run_ends(settings_or_path: Settings | Path | str, tracking_uri: str | None = None) -> int:
+    """End the spooled runs on the server (status and end time as recorded); returns how many.
+
+    Takes what replay_spool takes; run it after replay_spool so every point is in before the end.
+    """
+    from mlflow import MlflowClient
+
+    target = spool_folder(settings_or_path) if isinstance(settings_or_path, Settings) else Path(settings_or_path)
+    if target.is_dir():
+        files = sorted(target.glob("run-end-*.json"))
+    else:
+        files = [target] if target.name.startswith("run-end-") and target.exists() else []
+    for path in files:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        client = MlflowClient(tracking_uri or record["tracking_uri"])
+        client.set_terminated(record["run_id"], record["status"], end_time=record["end_time"])
+        path.unlink()
+    return len(files)

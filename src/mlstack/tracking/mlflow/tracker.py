@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Self
 
 import mlflow
+import requests
 from mlflow.entities import Param, RunTag
+from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
 from mlstack.tracking.mlflow import validation
 from mlstack.tracking.mlflow.config import current_config, metric_pipeline
@@ -29,6 +31,7 @@ from mlstack.tracking.mlflow.errors import (
     TrackingError,
     TrackingInputError,
 )
+from mlstack.tracking.mlflow.spool import spool_folder, spool_run_end
 
 MAX_PARAMS_OR_TAGS_PER_REQUEST = 100
 _open_trackers: ContextVar[tuple[ExperimentTracker, ...]] = ContextVar("mlstack_open_trackers", default=())
@@ -78,6 +81,8 @@ class ExperimentTracker:
         self.run_name = run.info.run_name
         self._client = config.client
         self._pipeline = metric_pipeline(config)
+        self._tracking_uri = config.tracking_uri
+        self._spool_folder = spool_folder(config.settings)
 
     @classmethod
     def for_active_run(cls) -> ExperimentTracker:
@@ -115,7 +120,11 @@ class ExperimentTracker:
         self._pipeline.flush()
 
     def end_run(self, status: str = "FINISHED") -> None:
-        """Flush this run's metrics, then end it with `status` (FINISHED, FAILED or KILLED)."""
+        """Flush this run's metrics, then end it with `status` (FINISHED, FAILED or KILLED).
+
+        If the server does not answer, the end is spooled for `mlstack sync` (with a warning)
+        rather than left to the mlflow client's retries, which can take minutes.
+        """
         if self._run_id is None or self._ended:
             return
         self._ended = True
@@ -126,13 +135,26 @@ class ExperimentTracker:
             spooled = error
         if self._owns_run:
             _open_trackers.set(tuple(t for t in _open_trackers.get() if t is not self))
-            active = mlflow.active_run()
-            if active is not None and active.info.run_id == self._run_id:
+            if not _server_answers(self._tracking_uri):
+                self._spool_end(status, spooled)
+            elif (active := mlflow.active_run()) is not None and active.info.run_id == self._run_id:
                 mlflow.end_run(status)
             else:
                 self._client.set_terminated(self._run_id, status)
         if spooled is not None:
             raise spooled
+
+    def _spool_end(self, status: str, spooled: MetricsSpooledError | None) -> None:
+        path = spool_run_end(self._spool_folder, self._tracking_uri, self._run_id, status, int(time.time() * 1000))
+        _leave_fluent_run(self._run_id)
+        message = (
+            f"The MLflow server at {self._tracking_uri} does not answer: run {self._run_id} ended {status} "
+            f"locally and its end is kept in {path}; run `mlstack sync` when the server is back."
+        )
+        if spooled is not None:
+            spooled.add_note(message)
+        else:
+            warnings.warn(message, stacklevel=3)
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -321,6 +343,34 @@ def create_mlflow_run(
 ) -> ExperimentTracker:
     """`with create_mlflow_run(run_name, tags) as run:` (seed 004): a tracker in the configured experiment."""
     return ExperimentTracker(experiment_name, run_name, tags)
+
+
+@retry(
+    stop=stop_after_delay(10),
+    wait=wait_fixed(1),
+    retry=retry_if_result(lambda answered: not answered),
+    retry_error_callback=lambda _state: False,
+)
+def _server_answers(tracking_uri: str) -> bool:
+    """Whether the tracking server answers /health within ~10 s (always True for local stores)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True
+    try:
+        return requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).ok
+    except requests.RequestException:
+        return False
+
+
+def _leave_fluent_run(run_id: str) -> None:
+    """What mlflow.end_run does (mlflow 3.17), minus telling the unreachable server."""
+    from mlflow.environment_variables import MLFLOW_RUN_ID
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    if stack and stack[-1].info.run_id == run_id:
+        MLFLOW_RUN_ID.unset()
+        stack.pop()
+        fluent._last_active_run_id.set(run_id)
 
 
 def _checked_tags(tags: dict[str, Any]) -> dict[str, str]:
