@@ -352,11 +352,15 @@ def create_mlflow_run(
     retry_error_callback=lambda _state: False,
 )
 def _server_answers(tracking_uri: str) -> bool:
-    """Whether the tracking server answers /health within ~10 s (always True for local stores)."""
+    """Whether the tracking server answers within ~10 s (always True for local stores).
+
+    Any answer counts (a 401 or 404 from a proxy in front is the mlflow client's business); a
+    refused connection, a timeout or a gateway error (502-504: nothing behind the proxy) does not.
+    """
     if not tracking_uri.startswith(("http://", "https://")):
         return True
     try:
-        return requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).ok
+        return requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).status_code not in (502, 503, 504)
     except requests.RequestException:
         return False
 
