@@ -13,6 +13,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from mlstack.bootstrap import MLFLOW_STACK_STEPS, Outcome, run_steps
 from tests.stack import DockerStack
@@ -194,6 +195,34 @@ def test_uploads_held_open_on_every_worker_do_not_block_other_requests(mlflow_st
     for index in range(uploads):
         key = f"{experiment_id}/{run_id}/artifacts/held{index}.bin"
         assert mlflow_stack.s3.head_object(Bucket=mlflow_stack.bucket, Key=key)["ContentLength"] == 1024 * 1024 + 10
+
+
+def test_concurrent_clients_writing_and_uploading_lose_nothing(mlflow_stack, client, tmp_path):
+    """More clients at once than workers x threads: every point is a row, every artifact an object."""
+    experiment_id, _ = new_run(client)
+    clients, rounds = mlflow_stack.settings.mlflow_workers * mlflow_stack.settings.mlflow_threads + 4, 4
+
+    def one_client(index: int) -> str:
+        own = MlflowClient(tracking_uri=mlflow_stack.tracking_uri)
+        run_id = own.create_run(experiment_id).info.run_id
+        for round_ in range(rounds):
+            own.log_batch(run_id, metrics=[Metric("m", float(i), 0, round_ * 100 + i) for i in range(100)])
+            own.set_tag(run_id, "round", str(round_))
+            upload = tmp_path / f"{index}-{round_}.bin"
+            upload.write_bytes(os.urandom(256 * 1024))
+            own.log_artifact(run_id, str(upload))
+        return run_id
+
+    with ThreadPoolExecutor(clients) as pool:
+        run_ids = list(pool.map(one_client, range(clients)))
+
+    with mlflow_stack.pg_connect() as connection:
+        rows = connection.execute(
+            "SELECT count(*) FROM metrics WHERE run_uuid = ANY(%s) AND key = 'm'", (run_ids,)
+        ).fetchone()[0]
+    assert rows == clients * rounds * 100
+    listed = mlflow_stack.s3.list_objects_v2(Bucket=mlflow_stack.bucket, Prefix=f"{experiment_id}/")
+    assert listed["KeyCount"] == clients * rounds
 
 
 def test_stack_restart_keeps_runs_and_artifacts(mlflow_stack, client, tmp_path):
