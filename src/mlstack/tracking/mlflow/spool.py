@@ -72,6 +72,26 @@ def read_spool(path: Path) -> tuple[str, Iterator[Point]]:
     return tracking_uri, points()
 
 
+_RUN_END_PREFIX = "run-end-"
+
+
+def _is_run_end(path: Path) -> bool:
+    return path.name.startswith(_RUN_END_PREFIX)
+
+
+def _spool_files(settings_or_path: Settings | Path | str, pattern: str) -> list[Path]:
+    """The files matching `pattern` in the spool folder (Settings) or a given folder; a given file as is."""
+    if isinstance(settings_or_path, Settings):
+        target = spool_folder(settings_or_path)
+        if not target.exists():
+            return []
+    else:
+        target = Path(settings_or_path)
+        if not target.exists():
+            raise FileNotFoundError(f"no spool file or folder at {target}: pass the path `mlstack sync` reported")
+    return sorted(target.glob(pattern)) if target.is_dir() else [target]
+
+
 def replay_spool(settings_or_path: Settings | Path | str, tracking_uri: str | None = None) -> int:
     """Send spooled points to the server and delete each file once all its points are accepted.
 
@@ -80,18 +100,7 @@ def replay_spool(settings_or_path: Settings | Path | str, tracking_uri: str | No
     """
     from mlstack.tracking.mlflow.transport import sender_for
 
-    if isinstance(settings_or_path, Settings):
-        target = spool_folder(settings_or_path)
-        if not target.exists():
-            return 0
-    else:
-        target = Path(settings_or_path)
-        if not target.exists():
-            raise FileNotFoundError(f"no spool file or folder at {target}: pass the path `mlstack sync` reported")
-    if target.is_dir():
-        files = sorted(target.glob("metrics-*.jsonl"))
-    else:
-        files = [] if target.name.startswith("run-end-") else [target]  # run ends: replay_run_ends
+    files = [path for path in _spool_files(settings_or_path, "metrics-*.jsonl") if not _is_run_end(path)]
     sent = 0
     for path in files:
         recorded_uri, points = read_spool(path)
@@ -107,7 +116,7 @@ def replay_spool(settings_or_path: Settings | Path | str, tracking_uri: str | No
 def spool_run_end(folder: Path, tracking_uri: str, run_id: str, status: str, end_time: int) -> Path:
     """Keep the end of run `run_id` (durably: written, fsynced, renamed into place); returns the file."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"run-end-{run_id}.json"
+    path = folder / f"{_RUN_END_PREFIX}{run_id}.json"
     partial = path.with_suffix(".partial")
     record = {"tracking_uri": tracking_uri, "run_id": run_id, "status": status, "end_time": end_time}
     with partial.open("w", encoding="utf-8") as handle:
@@ -125,11 +134,7 @@ def replay_run_ends(settings_or_path: Settings | Path | str, tracking_uri: str |
     """
     from mlflow import MlflowClient
 
-    target = spool_folder(settings_or_path) if isinstance(settings_or_path, Settings) else Path(settings_or_path)
-    if target.is_dir():
-        files = sorted(target.glob("run-end-*.json"))
-    else:
-        files = [target] if target.name.startswith("run-end-") and target.exists() else []
+    files = [path for path in _spool_files(settings_or_path, f"{_RUN_END_PREFIX}*.json") if _is_run_end(path)]
     for path in files:
         record = json.loads(path.read_text(encoding="utf-8"))
         client = MlflowClient(tracking_uri or record["tracking_uri"])
