@@ -18,10 +18,10 @@ STACK_ARGS := --stack $(STACK) --runtime $(RUNTIME)
 help:
 	@sed -n '1,8p' Makefile
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml services/mlflow-server/store/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' -e services/mlflow-server/store
 	@touch $@
 
 venv: $(BIN)/.installed
@@ -48,5 +48,5 @@ test: install-tools
 	$(BIN)/python -m pytest
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks services
+	$(BIN)/ruff format --check src tests benchmarks services

@@ -1,7 +1,8 @@
 """Per-request latency of the MLflow server as shipped versus a default `mlflow server`, in one run.
 
 Every server shares the running stack's backend store and artifact store: "shipped" is the stack's
-own server; the candidates are started here on free ports and stopped at the end. Each server is
+own server (with the fast store unless .env turns it off); the candidates are started here on free
+ports, on MLflow's own store, and stopped at the end. Each server is
 measured only once its whole process group has gone quiet (MLflow starts a job runner and huey
 consumers that import for seconds after /health answers), and the servers take turns, round by
 round, so drift in the machine's speed spreads over all of them. Clients are plain `MlflowClient`s,
@@ -37,7 +38,7 @@ from rich.table import Table
 
 from mlstack.runtime.health import http_ok
 from mlstack.runtime.native.process import ManagedProcess, group_members
-from mlstack.runtime.native.runtime import mlflow_server_env
+from mlstack.runtime.native.runtime import gunicorn_options, mlflow_server_env
 from mlstack.settings import Settings
 
 OPERATIONS = ("runs/get", "log-metric", "set-tag", "log-batch(1000)")
@@ -53,13 +54,18 @@ class Candidate:
     proxy_keepalive: bool | None = None
 
 
-CANDIDATES = (
-    Candidate(BASELINE),
-    Candidate("uvicorn, h11 parser", ("--uvicorn-opts", "--http h11")),
-    Candidate("gunicorn sync workers (no keep-alive)", ("--workers", "2", "--gunicorn-opts", "--timeout 900")),
-    Candidate("nginx (host check) -> uvicorn, upstream keep-alive", proxy_keepalive=True),
-    Candidate("nginx (host check) -> uvicorn, new upstream connections", proxy_keepalive=False),
-)
+def candidates(settings: Settings) -> tuple[Candidate, ...]:
+    """The servers started here, all on MLflow's own store (MLSTACK_FAST_STORE=false)."""
+    shipped_gunicorn = ("--workers", str(settings.mlflow_workers), "--gunicorn-opts", gunicorn_options(settings))
+    return (
+        Candidate(BASELINE),
+        Candidate("shipped gunicorn gthread, MLflow's own store", shipped_gunicorn),
+        Candidate("uvicorn, h11 parser", ("--uvicorn-opts", "--http h11")),
+        Candidate("gunicorn sync workers (no keep-alive)", ("--workers", "2", "--gunicorn-opts", "--timeout 900")),
+        Candidate("nginx (host check) -> uvicorn, upstream keep-alive", proxy_keepalive=True),
+        Candidate("nginx (host check) -> uvicorn, new upstream connections", proxy_keepalive=False),
+    )
+
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -142,7 +148,8 @@ def start_mlflow(settings: Settings, candidate: Candidate, workdir: Path) -> tup
         *("--artifacts-destination", f"s3://{settings.mlflow_artifact_bucket}", *candidate.server_args),
     ]
     url = f"http://127.0.0.1:{port}"
-    return start_process(command, mlflow_server_env(settings), workdir, f"{url}/health"), url
+    env = {**mlflow_server_env(settings), "MLSTACK_FAST_STORE": "false"}
+    return start_process(command, env, workdir, f"{url}/health"), url
 
 
 def start_nginx(nginx: str, upstream: str, keepalive: bool, workdir: Path) -> tuple[ManagedProcess, str]:
@@ -261,12 +268,13 @@ def main() -> None:
         raise SystemExit(f"no MLflow server answers at {settings.mlflow_url}: run `make up` first")
     nginx = shutil.which("nginx")
 
-    servers = [Server("shipped (gunicorn gthread, keep-alive)", settings.mlflow_url)]
+    store = "fast store" if settings.mlstack_fast_store else "MLflow's own store"
+    servers = [Server(f"shipped (gunicorn gthread, {store})", settings.mlflow_url)]
     processes: list[ManagedProcess] = []
     with tempfile.TemporaryDirectory() as temporary:
         workdir = Path(temporary)
         try:
-            for candidate in CANDIDATES:
+            for candidate in candidates(settings):
                 if candidate.proxy_keepalive is None:
                     process, url = start_mlflow(settings, candidate, workdir)
                 elif nginx is None:

@@ -74,6 +74,10 @@ class LiveStack:
         """The argv of every MLflow server process (main process, gunicorn master and workers, jobs)."""
         raise NotImplementedError
 
+    def server_log(self) -> str:
+        """What the MLflow server has logged so far."""
+        raise NotImplementedError
+
 
 @dataclass
 class NativeStack(LiveStack):
@@ -109,6 +113,9 @@ class NativeStack(LiveStack):
             with contextlib.suppress(FileNotFoundError):
                 commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode().rstrip("\0").split("\0"))
         return commands
+
+    def server_log(self) -> str:
+        return self.runtime.processes["mlflow"].log_file.read_text(errors="replace")
 
 
 @dataclass
@@ -157,6 +164,10 @@ class DockerStack(LiveStack):
     def server_commands(self) -> list[list[str]]:
         output, _, _ = self.compose.exec_in_container(["python", "-c", _LIST_COMMANDS], service_name="mlflow")
         return json.loads(output)
+
+    def server_log(self) -> str:
+        command = [*self.compose.compose_command_property, "logs", "--no-color", "mlflow"]
+        return subprocess.run(command, cwd=self.compose.context, capture_output=True, text=True, check=True).stdout
 
     def status_inside_network(self, url: str, host: str | None = None) -> int:
         """The HTTP status a request from inside the compose network (the mlflow container) gets."""

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mlstack.envfile import update_env
-from mlstack.runtime.native.runtime import gunicorn_options
+from mlstack.runtime.native.runtime import gunicorn_options, mlflow_server_env
 from mlstack.settings import Settings
 from tests.compose.conftest import run_compose
 
@@ -99,3 +99,14 @@ def test_server_options_come_from_env_and_match_the_native_runtime(compose_cli, 
     assert "--workers=3" in command
     assert f"--gunicorn-opts={gunicorn_options(settings)}" in command
     assert "--threads 5" in gunicorn_options(settings) and "--timeout 77" in gunicorn_options(settings)
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_fast_store_switch_comes_from_env_and_matches_the_native_runtime(compose_cli, generated_env, value):
+    update_env(generated_env, {"MLSTACK_FAST_STORE": value})
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    environment = json.loads(result.stdout)["services"]["mlflow"]["environment"]
+
+    assert environment["MLSTACK_FAST_STORE"] == value
+    assert mlflow_server_env(Settings.load(generated_env.parent))["MLSTACK_FAST_STORE"] == value

@@ -1,12 +1,14 @@
-"""How the MLflow server runs: its gunicorn options come from .env, and bad values are refused by name."""
+"""How the MLflow server runs: its gunicorn options and store come from .env; bad values are refused by name."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 
 from mlstack.envfile import update_env
 from mlstack.errors import ConfigError
-from mlstack.runtime.native.runtime import mlflow_server_command
+from mlstack.runtime.native.runtime import mlflow_server_command, mlflow_server_env, require_store_plugin
 from mlstack.settings import Settings
 
 
@@ -28,3 +30,20 @@ def test_an_unusable_server_setting_is_refused_naming_it(project, name, value):
         Settings.load(project.project_dir)
     assert f"{name}={value!r}" in str(raised.value)
     assert str(project.env_file) in str(raised.value)
+
+
+def test_fast_store_is_on_by_default_and_off_when_env_says_so(project):
+    assert mlflow_server_env(project)["MLSTACK_FAST_STORE"] == "true"
+    update_env(project.env_file, {"MLSTACK_FAST_STORE": "false"})
+    assert mlflow_server_env(Settings.load(project.project_dir))["MLSTACK_FAST_STORE"] == "false"
+
+
+def test_server_start_is_refused_when_the_fast_store_is_on_but_its_plugin_is_missing(project, monkeypatch):
+    require_store_plugin(project)  # installed alongside mlstack (make venv)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError) as raised:
+        require_store_plugin(project)
+    assert "MLSTACK_FAST_STORE=true" in str(raised.value) and "make venv" in str(raised.value)
+
+    update_env(project.env_file, {"MLSTACK_FAST_STORE": "false"})
+    require_store_plugin(Settings.load(project.project_dir))

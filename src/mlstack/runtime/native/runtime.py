@@ -6,6 +6,7 @@ state folder. Started processes run in their own sessions, so they outlive the `
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -20,7 +21,7 @@ from psycopg import sql
 from rich.console import Console
 
 from mlstack.bootstrap import MINIO_STEPS, run_steps
-from mlstack.errors import RuntimeUnavailableError, ServiceStartError
+from mlstack.errors import ConfigError, RuntimeUnavailableError, ServiceStartError
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.health import http_ok, postgres_ok, wait_until
 from mlstack.runtime.native.process import ManagedProcess
@@ -218,6 +219,7 @@ class NativeRuntime:
         process = self.processes["mlflow"]
         if process.is_running():
             return
+        require_store_plugin(self.settings)
         process.start(mlflow_server_command(self.settings), env=mlflow_server_env(self.settings))
         self._wait("mlflow", self._mlflow_healthy)
 
@@ -253,6 +255,15 @@ def gunicorn_options(settings: Settings) -> str:
     )
 
 
+def require_store_plugin(settings: Settings) -> None:
+    """With MLSTACK_FAST_STORE on, the server's Python must have the store plugin, or MLflow's own store runs."""
+    if settings.mlstack_fast_store and importlib.util.find_spec("mlstack_mlflow_store") is None:
+        raise ConfigError(
+            f"MLSTACK_FAST_STORE=true but the mlstack-mlflow-store plugin is not installed for {sys.executable}: "
+            "run `make venv` (it installs services/mlflow-server/store), or set MLSTACK_FAST_STORE=false in .env."
+        )
+
+
 def mlflow_server_env(settings: Settings) -> dict[str, str]:
     """The server's environment: its own MinIO account, never the root credentials."""
     return {
@@ -263,6 +274,7 @@ def mlflow_server_env(settings: Settings) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": settings.mlflow_s3_secret_key.get_secret_value(),
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_SERVER_ALLOWED_HOSTS": settings.mlflow_allowed_hosts,
+        "MLSTACK_FAST_STORE": str(settings.mlstack_fast_store).lower(),
     }
 
 

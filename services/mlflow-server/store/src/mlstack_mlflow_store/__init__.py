@@ -1,0 +1,57 @@
+"""MLflow tracking-store plugin for the mlstack server: PostgreSQL fast paths, opt-in.
+
+MLflow builds the store for a `postgresql://` backend URI through the `mlflow.tracking_store`
+entry point named `postgresql`, which this package provides. The builder returns
+`PostgresFastPathStore` only when the server runs with `MLSTACK_FAST_STORE=true`, on the MLflow
+minor version the fast paths were verified against, without workspaces; otherwise it returns
+exactly the store MLflow itself would have built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from packaging.version import Version
+
+#: The MLflow minor version whose schema and store semantics the fast paths are verified against.
+VERIFIED_MLFLOW = (3, 17)
+ENABLE_VAR = "MLSTACK_FAST_STORE"
+
+# A child of MLflow's logger, so the line lands in the server's log next to MLflow's own.
+_logger = logging.getLogger(f"mlflow.{__name__}")
+
+
+def fast_store_requested() -> bool:
+    """Whether this process asked for the fast paths (`MLSTACK_FAST_STORE=true`)."""
+    return os.environ.get(ENABLE_VAR, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
+    """MLflow's store builder for `postgresql*` URIs, with the fast paths when requested."""
+    # MLflow imports stay in here: MLflow loads this module while it is itself being imported.
+    from mlflow import version
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.tracking._tracking_service.utils import _SERVER_ARTIFACT_ROOT_ENV_VAR, _get_sqlalchemy_store
+
+    if not fast_store_requested():
+        return _get_sqlalchemy_store(store_uri, artifact_uri)
+    if Version(version.VERSION).release[:2] != VERIFIED_MLFLOW:
+        _logger.warning(
+            "%s is set but MLflow %s is not the verified %d.%d; using MLflow's own store.",
+            ENABLE_VAR,
+            version.VERSION,
+            *VERIFIED_MLFLOW,
+        )
+        return _get_sqlalchemy_store(store_uri, artifact_uri)
+    if MLFLOW_ENABLE_WORKSPACES.get():
+        _logger.warning("%s is set but workspaces are on; using MLflow's own store.", ENABLE_VAR)
+        return _get_sqlalchemy_store(store_uri, artifact_uri)
+
+    from mlstack_mlflow_store.store import PostgresFastPathStore
+
+    if artifact_uri is None:  # the server's artifact root, as MLflow's own builder resolves it
+        artifact_uri = os.environ.get(_SERVER_ARTIFACT_ROOT_ENV_VAR, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+    _logger.info("runs/get, log-metric and set-tag use mlstack's single-statement PostgreSQL paths")
+    return PostgresFastPathStore(store_uri, artifact_uri)

@@ -1,0 +1,262 @@
+"""The fast store (services/mlflow-server/store) held to MLflow's own store on the live backend store.
+
+Each test does the same thing through both stores, each to a run of its own, and compares what
+lands: the `Run` that get_run builds, the metric history and latest-metric rows, the tag rows, the
+run's name, and the errors (code and message).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import mlflow.version
+import pytest
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelInput,
+    LoggedModelOutput,
+    Metric,
+    Param,
+    RunTag,
+)
+from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from mlstack_mlflow_store.store import PostgresFastPathStore
+
+pytestmark = pytest.mark.integration
+
+ARTIFACT_ROOT = "mlflow-artifacts:/"
+
+
+@pytest.fixture(scope="module")
+def uri(mlflow_stack) -> str:
+    return mlflow_stack.settings.backend_store_uri()
+
+
+@pytest.fixture(scope="module")
+def upstream(uri):
+    store = SqlAlchemyStore(uri, ARTIFACT_ROOT)
+    yield store
+    store.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def fast(uri):
+    store = PostgresFastPathStore(uri, ARTIFACT_ROOT)
+    yield store
+    store.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def experiment_id(upstream) -> str:
+    return upstream.create_experiment(f"fast-store-{uuid.uuid4().hex[:10]}", ARTIFACT_ROOT)
+
+
+def new_run(store, experiment_id: str, name: str = "run") -> str:
+    return store.create_run(experiment_id, "tester", 1_000, [RunTag("origin", "test")], name).info.run_id
+
+
+def comparable(run) -> dict:
+    """A run as plain data: NaN spelled out, unordered collections sorted, the run id left out."""
+    data = run.to_dictionary()
+    data["info"].pop("run_id")
+    data["info"].pop("artifact_uri")
+    data["data"]["metrics"] = sorted((m.key, repr(m.value), m.timestamp, m.step) for m in run.data._metric_objs)
+    data["inputs"]["dataset_inputs"] = sorted(
+        (d["dataset"]["name"], d["dataset"]["digest"], repr(d["dataset"]), sorted(map(repr, d.get("tags", []))))
+        for d in data["inputs"]["dataset_inputs"]
+    )
+    data["inputs"]["model_inputs"] = sorted(repr(m) for m in data["inputs"]["model_inputs"])
+    data["outputs"]["model_outputs"] = sorted(repr(m) for m in data["outputs"]["model_outputs"])
+    return data
+
+
+def rows(mlflow_stack, table: str, run_id: str) -> list[tuple]:
+    columns = {
+        "metrics": "key, value, timestamp, step, is_nan",
+        "latest_metrics": "key, value, timestamp, step, is_nan",
+        "tags": "key, value",
+    }[table]
+    with mlflow_stack.pg_connect() as connection:
+        found = connection.execute(f"SELECT {columns} FROM {table} WHERE run_uuid = %s", (run_id,)).fetchall()
+    return sorted(found)
+
+
+def error_of(call) -> tuple[str, str]:
+    with pytest.raises(MlflowException) as caught:
+        call()
+    return caught.value.error_code, caught.value.message
+
+
+def furnish(store, experiment_id: str, run_id: str) -> None:
+    """Everything runs/get returns: params, tags, metrics (NaN, ±inf, histories), datasets, models."""
+    store.log_param(run_id, Param("lr", "0.001"))
+    store.log_param(run_id, Param("layers", "4"))
+    store.set_tag(run_id, RunTag("team", "vision"))
+    store.log_batch(run_id, [Metric("loss", v, 1_000 + i, i) for i, v in enumerate((0.9, 0.5, 0.25))], [], [])
+    for key, value in (("nan", math.nan), ("up", math.inf), ("down", -math.inf), ("tiny", 5e-324)):
+        store.log_batch(run_id, [Metric(key, value, 2_000, 0)], [], [])
+    dataset = Dataset("train", "d1g3st", "local", '{"uri": "/data/train"}', '{"cols": 3}', '{"rows": 10}')
+    store.log_inputs(
+        run_id,
+        datasets=[
+            DatasetInput(dataset, [InputTag("mlflow.data.context", "training"), InputTag("split", "a")]),
+            DatasetInput(Dataset("eval", "e4l", "local", "{}"), []),
+        ],
+    )
+    model = store.create_logged_model(experiment_id, name="net", source_run_id=run_id)
+    store.log_inputs(run_id, models=[LoggedModelInput(model.model_id)])
+    store.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=3)])
+
+
+def test_get_run_returns_what_mlflows_store_returns(upstream, fast, experiment_id):
+    run_id = new_run(upstream, experiment_id)
+    furnish(upstream, experiment_id, run_id)
+
+    expected = upstream.get_run(run_id)
+    assert expected.inputs.dataset_inputs and expected.inputs.model_inputs and expected.outputs.model_outputs
+    assert comparable(fast.get_run(run_id)) == comparable(expected)
+    assert fast.get_run(run_id).to_proto().info == expected.to_proto().info
+
+
+def test_get_run_of_a_bare_a_deleted_and_a_nameless_run(mlflow_stack, upstream, fast, experiment_id):
+    bare = new_run(upstream, experiment_id)
+    deleted = new_run(upstream, experiment_id)
+    upstream.delete_run(deleted)
+    nameless = new_run(upstream, experiment_id, name="from-tag")
+    with mlflow_stack.pg_connect() as connection:  # runs from old MLflow versions carry the name in a tag only
+        connection.execute("UPDATE runs SET name = NULL WHERE run_uuid = %s", (nameless,))
+
+    for run_id in (bare, deleted, nameless):
+        assert comparable(fast.get_run(run_id)) == comparable(upstream.get_run(run_id))
+    assert fast.get_run(nameless).info.run_name == "from-tag"
+
+
+def test_get_run_of_an_unknown_run_fails_as_mlflows_store_does(upstream, fast):
+    missing = uuid.uuid4().hex
+    assert error_of(lambda: fast.get_run(missing)) == error_of(lambda: upstream.get_run(missing))
+
+
+def metric_sequence(seed: int) -> list[Metric]:
+    """Points that exercise the latest-metric rule: steps out of order, equal steps with other
+    timestamps or values, repeats of recorded points, NaN and infinities."""
+    generator = random.Random(seed)
+    values = [0.0, 1.0, -1.0, 2.5, math.nan, math.inf, -math.inf, 1e-300]
+    points = [
+        Metric(generator.choice("abc"), generator.choice(values), generator.randint(0, 3), generator.randint(0, 3))
+        for _ in range(150)
+    ]
+    return points + generator.sample(points, 30)  # repeats: already recorded, left alone
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_log_metric_records_what_mlflows_store_records(mlflow_stack, upstream, fast, experiment_id, seed):
+    upstream_run, fast_run = new_run(upstream, experiment_id), new_run(upstream, experiment_id)
+    for metric in metric_sequence(seed):
+        upstream.log_metric(upstream_run, metric)
+        fast.log_metric(fast_run, metric)
+
+    for table in ("metrics", "latest_metrics"):
+        assert rows(mlflow_stack, table, fast_run) == rows(mlflow_stack, table, upstream_run), table
+    assert comparable(fast.get_run(fast_run))["data"] == comparable(upstream.get_run(upstream_run))["data"]
+
+
+def test_concurrent_log_metric_keeps_the_latest_point_latest(mlflow_stack, fast, experiment_id):
+    run_id = new_run(fast, experiment_id)
+    points = [Metric("loss", float(i % 7), 1_000 + i % 11, i % 13) for i in range(240)]
+    random.Random(4).shuffle(points)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda metric: fast.log_metric(run_id, metric), points))
+
+    newest = max(points, key=lambda m: (m.step, m.timestamp, m.value))
+    assert rows(mlflow_stack, "latest_metrics", run_id) == [
+        ("loss", newest.value, newest.timestamp, newest.step, False)
+    ]
+    assert len(rows(mlflow_stack, "metrics", run_id)) == len({(m.value, m.timestamp, m.step) for m in points})
+
+
+def test_set_tag_records_what_mlflows_store_records(mlflow_stack, upstream, fast, experiment_id):
+    upstream_run, fast_run = new_run(upstream, experiment_id), new_run(upstream, experiment_id)
+    tags = [
+        RunTag("stage", "train"),
+        RunTag("stage", "eval"),  # overwrite
+        RunTag("note", "x" * 9_000),  # longer than MLflow keeps: truncated alike
+        RunTag("empty", ""),
+        RunTag(MLFLOW_RUN_NAME, "renamed"),  # also renames the run
+    ]
+    for tag in tags:
+        upstream.set_tag(upstream_run, tag)
+        fast.set_tag(fast_run, tag)
+
+    assert rows(mlflow_stack, "tags", fast_run) == rows(mlflow_stack, "tags", upstream_run)
+    assert fast.get_run(fast_run).info.run_name == upstream.get_run(upstream_run).info.run_name == "renamed"
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda store, run_id: store.log_metric(run_id, Metric("m", 1.0, 1, 0)),
+        lambda store, run_id: store.set_tag(run_id, RunTag("k", "v")),
+    ],
+    ids=["log_metric", "set_tag"],
+)
+def test_writes_to_missing_or_deleted_runs_fail_as_mlflows_store_does(
+    mlflow_stack, upstream, fast, experiment_id, write
+):
+    missing = uuid.uuid4().hex
+    assert error_of(lambda: write(fast, missing)) == error_of(lambda: write(upstream, missing))
+
+    deleted = new_run(upstream, experiment_id)
+    upstream.delete_run(deleted)
+    assert error_of(lambda: write(fast, deleted)) == error_of(lambda: write(upstream, deleted))
+    assert rows(mlflow_stack, "metrics", deleted) == []
+    assert rows(mlflow_stack, "tags", deleted) == [("mlflow.runName", "run"), ("origin", "test")]
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda store, run_id: store.log_metric(run_id, Metric("bad/../key", 1.0, 1, 0)),
+        lambda store, run_id: store.log_metric(run_id, Metric("m", "not a number", 1, 0)),
+        lambda store, run_id: store.log_metric(run_id, Metric("m", 1.0, "noon", 0)),
+        lambda store, run_id: store.set_tag(run_id, RunTag("k" * 251, "v")),
+        lambda store, run_id: store.set_tag(run_id, RunTag("bad/../key", "v")),
+    ],
+    ids=["metric-key", "metric-value", "metric-timestamp", "tag-key-length", "tag-key"],
+)
+def test_bad_input_fails_as_mlflows_store_does_and_writes_nothing(mlflow_stack, upstream, fast, experiment_id, write):
+    run_id = new_run(upstream, experiment_id)
+    assert error_of(lambda: write(fast, run_id)) == error_of(lambda: write(upstream, run_id))
+    assert rows(mlflow_stack, "metrics", run_id) == []
+    assert rows(mlflow_stack, "tags", run_id) == [("mlflow.runName", "run"), ("origin", "test")]
+
+
+def test_mlflow_builds_the_fast_store_only_when_asked(uri, monkeypatch):
+    """The plugin answers for `postgresql` URIs through MLflow's own registry, and stays out of the
+    way unless MLSTACK_FAST_STORE is on, MLflow is the verified version and workspaces are off."""
+    stores = []
+
+    def build() -> type:
+        store = _tracking_store_registry.get_store_builder(uri)(store_uri=uri, artifact_uri=ARTIFACT_ROOT)
+        stores.append(store)
+        return type(store)
+
+    monkeypatch.delenv("MLSTACK_FAST_STORE", raising=False)
+    assert build() is SqlAlchemyStore
+    monkeypatch.setenv("MLSTACK_FAST_STORE", "true")
+    assert build() is PostgresFastPathStore
+    monkeypatch.setattr(mlflow.version, "VERSION", "3.18.0")
+    assert build() is SqlAlchemyStore
+    monkeypatch.undo()
+    monkeypatch.setenv("MLSTACK_FAST_STORE", "true")
+    monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
+    assert build() is not PostgresFastPathStore
+    for store in stores:
+        store.engine.dispose()
