@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     mlflow_workers: int = Field(default=2, ge=1)
     mlflow_threads: int = Field(default=8, ge=1)
     mlflow_worker_timeout: int = Field(default=900, ge=1)
-    #: The server's single-statement PostgreSQL paths (services/mlflow-server/store); off = MLflow's own store.
+    #: The server's single-statement PostgreSQL paths (services/mlflow-server/store); off: MLflow's own store.
     mlstack_fast_store: bool = True
     mlflow_allowed_hosts: str = "localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow,mlflow:*"
     mlflow_tracking_uri: str | None = None

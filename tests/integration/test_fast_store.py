@@ -168,6 +168,33 @@ def test_log_metric_records_what_mlflows_store_records(mlflow_stack, upstream, f
     assert comparable(fast.get_run(fast_run))["data"] == comparable(upstream.get_run(upstream_run))["data"]
 
 
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_log_batch_records_what_mlflows_store_records(mlflow_stack, upstream, fast, experiment_id, seed):
+    """Batches hold repeats of their own points and of earlier batches', and ties on (step, timestamp,
+    value) that differ in NaN-ness, where the first point of the batch must win."""
+    upstream_run, fast_run = new_run(upstream, experiment_id), new_run(upstream, experiment_id)
+    points = metric_sequence(seed)
+    batches = [points[i : i + 40] for i in range(0, len(points), 40)] + [[], points[:5] + points[:5]]
+    batches.append([Metric("tie", 0.0, 9, 9), Metric("tie", math.nan, 9, 9)])
+    batches.append([Metric("tie2", math.nan, 9, 9), Metric("tie2", 0.0, 9, 9)])
+    for batch in batches:
+        upstream.log_batch(upstream_run, batch, [], [])
+        fast.log_batch(fast_run, batch, [], [])
+
+    for table in ("metrics", "latest_metrics"):
+        assert rows(mlflow_stack, table, fast_run) == rows(mlflow_stack, table, upstream_run), table
+
+
+def test_log_batch_with_params_and_tags_records_what_mlflows_store_records(mlflow_stack, upstream, fast, experiment_id):
+    upstream_run, fast_run = new_run(upstream, experiment_id), new_run(upstream, experiment_id)
+    for store, run_id in ((upstream, upstream_run), (fast, fast_run)):
+        store.log_batch(run_id, [Metric("m", 1.0, 1, 0)], [Param("p", "1")], [RunTag(MLFLOW_RUN_NAME, "named")])
+
+    for table in ("metrics", "latest_metrics", "tags"):
+        assert rows(mlflow_stack, table, fast_run) == rows(mlflow_stack, table, upstream_run), table
+    assert comparable(fast.get_run(fast_run))["data"] == comparable(upstream.get_run(upstream_run))["data"]
+
+
 def test_concurrent_log_metric_keeps_the_latest_point_latest(mlflow_stack, fast, experiment_id):
     run_id = new_run(fast, experiment_id)
     points = [Metric("loss", float(i % 7), 1_000 + i % 11, i % 13) for i in range(240)]
@@ -204,8 +231,10 @@ def test_set_tag_records_what_mlflows_store_records(mlflow_stack, upstream, fast
     [
         lambda store, run_id: store.log_metric(run_id, Metric("m", 1.0, 1, 0)),
         lambda store, run_id: store.set_tag(run_id, RunTag("k", "v")),
+        lambda store, run_id: store.log_batch(run_id, [Metric("m", 1.0, 1, 0)], [], []),
+        lambda store, run_id: store.log_batch(run_id, [], [], []),
     ],
-    ids=["log_metric", "set_tag"],
+    ids=["log_metric", "set_tag", "log_batch", "empty_log_batch"],
 )
 def test_writes_to_missing_or_deleted_runs_fail_as_mlflows_store_does(
     mlflow_stack, upstream, fast, experiment_id, write
@@ -228,8 +257,20 @@ def test_writes_to_missing_or_deleted_runs_fail_as_mlflows_store_does(
         lambda store, run_id: store.log_metric(run_id, Metric("m", 1.0, "noon", 0)),
         lambda store, run_id: store.set_tag(run_id, RunTag("k" * 251, "v")),
         lambda store, run_id: store.set_tag(run_id, RunTag("bad/../key", "v")),
+        lambda store, run_id: store.log_batch(run_id, [Metric("m", 1.0, 1, 0), Metric("m", None, 1, 1)], [], []),
+        lambda store, run_id: store.log_batch(run_id, [Metric("m", 1.0, 1, step) for step in range(1001)], [], []),
+        lambda store, run_id: store.log_batch("../etc", [Metric("m", 1.0, 1, 0)], [], []),
     ],
-    ids=["metric-key", "metric-value", "metric-timestamp", "tag-key-length", "tag-key"],
+    ids=[
+        "metric-key",
+        "metric-value",
+        "metric-timestamp",
+        "tag-key-length",
+        "tag-key",
+        "batch-metric-value",
+        "batch-size",
+        "batch-run-id",
+    ],
 )
 def test_bad_input_fails_as_mlflows_store_does_and_writes_nothing(mlflow_stack, upstream, fast, experiment_id, write):
     run_id = new_run(upstream, experiment_id)
