@@ -6,7 +6,8 @@ ports, on MLflow's own store, and stopped at the end. Each server is
 measured only once its whole process group has gone quiet (MLflow starts a job runner and huey
 consumers that import for seconds after /health answers), and the servers take turns, round by
 round, so drift in the machine's speed spreads over all of them. Clients are plain `MlflowClient`s,
-as users have them; one extra row times raw HTTP against the shipped server, without the client.
+as users have them; one extra row times raw HTTP (stdlib http.client) against the shipped server,
+without the client: about the server's share.
 
     make up && .venv/bin/python benchmarks/server_latency.py [--requests 300] [--rounds 10]
 
@@ -16,6 +17,8 @@ The reverse-proxy candidates need `nginx` on PATH (Debian: nginx-light); without
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import shutil
 import socket
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from mlflow import MlflowClient
@@ -197,24 +201,37 @@ class Workload:
         }
 
 
+def metric_point(run_id: str, step: int) -> dict:
+    return {"run_id": run_id, "key": "loss", "value": 0.5, "timestamp": 0, "step": step}
+
+
 class RawHttpWorkload(Workload):
-    """The same requests as plain HTTP on one kept-alive session: the server's share without the client's."""
+    """The same requests on one kept-alive stdlib connection (no mlflow client, no `requests`): about
+    the server's share alone."""
 
     def __init__(self, url: str):
         super().__init__(url)
-        self.url, self.session = f"{url}/api/2.0/mlflow/runs", requests.Session()
+        parsed = urlsplit(url)
+        self.connection = http.client.HTTPConnection(parsed.hostname, parsed.port)
+
+    def request(self, method: str, endpoint: str, body: dict | None = None) -> None:
+        payload = None if body is None else json.dumps(body)
+        headers = {} if body is None else {"Content-Type": "application/json"}
+        self.connection.request(method, f"/api/2.0/mlflow/runs/{endpoint}", body=payload, headers=headers)
+        response = self.connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{method} {endpoint}: HTTP {response.status}")
 
     def calls(self) -> dict[str, Callable[[], object]]:
-        url, session, run_id, steps = self.url, self.session, self.run_id, self.steps
+        run_id, steps = self.run_id, self.steps
+        # the server closes connections idle past its keep-alive (5 s) between rounds: reconnect, untimed
+        self.connection.close()
+        self.request("GET", f"get?run_id={run_id}")
         return {
-            "runs/get": lambda: session.get(f"{url}/get", params={"run_id": run_id}).raise_for_status(),
-            "log-metric": lambda: session.post(
-                f"{url}/log-metric",
-                json={"run_id": run_id, "key": "loss", "value": 0.5, "timestamp": 0, "step": next(steps)},
-            ).raise_for_status(),
-            "set-tag": lambda: session.post(
-                f"{url}/set-tag", json={"run_id": run_id, "key": "stage", "value": "bench"}
-            ).raise_for_status(),
+            "runs/get": lambda: self.request("GET", f"get?run_id={run_id}"),
+            "log-metric": lambda: self.request("POST", "log-metric", metric_point(run_id, next(steps))),
+            "set-tag": lambda: self.request("POST", "set-tag", {"run_id": run_id, "key": "stage", "value": "bench"}),
         }
 
 
@@ -288,7 +305,7 @@ def main() -> None:
             console.print("waiting until every server's processes are quiet ...")
             for process in processes:
                 wait_until_quiet(process.pid())
-            raw = Server("shipped, raw HTTP without the mlflow client", settings.mlflow_url)
+            raw = Server("shipped, raw HTTP (http.client, no mlflow client)", settings.mlflow_url)
             workloads = [(server, Workload(server.url)) for server in servers] + [
                 (raw, RawHttpWorkload(settings.mlflow_url))
             ]
