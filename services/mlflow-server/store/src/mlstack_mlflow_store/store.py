@@ -81,7 +81,8 @@ SELECT r.run_uuid, r.name, r.experiment_id, r.user_id, r.status, r.start_time, r
 # rule (the first of equal points wins, a later one must be strictly greater), applied by the
 # database atomically and in key order instead of under SELECT ... FOR UPDATE. Points already
 # recorded are left alone and count for nothing, as in MLflow's duplicate handling. Nothing is
-# written unless the run exists and is active; the first column tells which.
+# written unless the run exists and is active; the one column returned tells which. (PostgreSQL runs
+# every data-modifying WITH clause to completion whether the final SELECT reads it or not.)
 _LOG_METRICS = text("""
 WITH run AS (SELECT lifecycle_stage FROM runs WHERE run_uuid = :run_id),
 point AS (
@@ -108,9 +109,8 @@ latest AS (
            is_nan = EXCLUDED.is_nan
      WHERE (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)
            < (EXCLUDED.step, EXCLUDED.timestamp, EXCLUDED.value)
-    RETURNING key
 )
-SELECT (SELECT lifecycle_stage FROM run), (SELECT count(*) FROM latest)
+SELECT (SELECT lifecycle_stage FROM run)
 """)
 
 _SET_TAG = text("""
@@ -119,9 +119,8 @@ tag AS (
     INSERT INTO tags (key, value, run_uuid)
     SELECT :key, :value, :run_id FROM run WHERE lifecycle_stage = 'active'
     ON CONFLICT (key, run_uuid) DO UPDATE SET value = EXCLUDED.value
-    RETURNING key
 )
-SELECT (SELECT lifecycle_stage FROM run), (SELECT count(*) FROM tag)
+SELECT (SELECT lifecycle_stage FROM run)
 """)
 
 
@@ -171,7 +170,7 @@ class PostgresFastPathStore(SqlAlchemyStore):
     def _write_if_active(self, statement, params):
         """Run a guarded write; raise MLflow's own errors when the run is missing or not active."""
         with self.ManagedSessionMaker(read_only=False) as session:
-            lifecycle_stage, _ = session.execute(statement, params).one()
+            lifecycle_stage = session.execute(statement, params).scalar_one()
             if lifecycle_stage is None:
                 raise MlflowException(f"Run with id={params['run_id']} not found", RESOURCE_DOES_NOT_EXIST)
             self._check_run_is_active(SimpleNamespace(run_uuid=params["run_id"], lifecycle_stage=lifecycle_stage))
