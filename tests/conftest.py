@@ -59,13 +59,18 @@ def project(tmp_path: Path) -> Settings:
     return make_project(tmp_path / "project")
 
 
+#: A user-chosen database password with every character that needs quoting in a URI.
+AWKWARD_POSTGRES_PASSWORD = "p@ss/w:rd%41-" + "x" * 16
+
+
 @pytest.fixture(scope="session")
 def mlflow_stack() -> Iterator[LiveStack]:
-    """One live MLflow stack for the session, on a world-traversable scratch folder (PostgreSQL runs
-    as the `postgres` user when we are root)."""
+    """One live MLflow stack for the session, in a private scratch folder (mode 0700, as mkdtemp makes
+    it: a checkout under /root is no different), with a database password that needs URI quoting."""
     root = Path(tempfile.mkdtemp(prefix="mlstack-it-"))
-    root.chmod(0o755)
     settings = make_project(root / "project")
+    update_env(settings.env_file, {"POSTGRES_PASSWORD": AWKWARD_POSTGRES_PASSWORD})
+    settings = Settings.load(settings.project_dir)
     console = Console(stderr=True)
     if REQUIRED_RUNTIME != "native" and engine_answers():
         stack: LiveStack = DockerStack(settings, console, REPO)
@@ -82,4 +87,5 @@ def mlflow_stack() -> Iterator[LiveStack]:
         yield stack
     finally:
         stack.stop()
+        stack.remove_data()
         shutil.rmtree(root, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,9 @@ class LiveStack:
 
     def stop(self) -> None: ...
 
+    def remove_data(self) -> None:
+        """Delete what the stopped stack keeps outside the scratch folder."""
+
     def stop_server(self) -> None:
         """SIGKILL the MLflow server (a crash); the stores keep running."""
 
@@ -89,6 +93,10 @@ class NativeStack(LiveStack):
 
     def stop(self) -> None:
         self.runtime.down()
+
+    def remove_data(self) -> None:
+        if self.runtime.postgres.os_user is not None:  # as root: PostgreSQL's folder under /var/lib/mlstack
+            shutil.rmtree(self.runtime.postgres.home, ignore_errors=True)
 
     def stop_server(self) -> None:
         self.runtime.kill("mlflow")

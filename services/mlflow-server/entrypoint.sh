@@ -1,7 +1,7 @@
 #!/bin/sh
 # Refuse to start with a placeholder secret, then run the given command.
 set -eu
-for name in MLFLOW_BACKEND_STORE_URI AWS_SECRET_ACCESS_KEY; do
+for name in MLFLOW_BACKEND_STORE_URI PGPASSWORD AWS_SECRET_ACCESS_KEY; do
     eval "value=\${$name:-}"
     case "$value" in
         *__generate__*)

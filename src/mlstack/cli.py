@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Literal
 
 import typer
@@ -10,14 +12,14 @@ from rich.table import Table
 
 from mlstack.bootstrap import MINIO_STEPS, MLFLOW_STACK_STEPS, Outcome, run_steps
 from mlstack.bootstrap.clearml import clearml_steps
+from mlstack.bootstrap.preflight import require_mlflow_stack
 from mlstack.doctor import check_max_map_count
-from mlstack.errors import MlstackError
-from mlstack.runtime import resolve_runtime_name, select_runtimes
-from mlstack.runtime.docker import engine_answers
+from mlstack.errors import MlstackError, ProjectNotFoundError, RuntimeUnavailableError
+from mlstack.runtime import resolve_runtime_name, select_runtime, select_runtimes
 from mlstack.runtime.health import http_ok
-from mlstack.runtime.native.tools import find_tools, install_tools
+from mlstack.runtime.native.tools import find_compose, find_tools, install_tools
 from mlstack.secrets import check_secrets, init_env, mask
-from mlstack.settings import SECRET_FIELDS, RuntimeName, Settings, StackName
+from mlstack.settings import SECRET_FIELDS, RuntimeName, Settings, StackName, is_project_dir
 
 app = typer.Typer(
     help="MLflow (and ClearML) stacks in a box.",
@@ -40,11 +42,19 @@ def _settings() -> Settings:
     return Settings.load()
 
 
-def _init(rotate: bool = False) -> Settings:
+def _project_settings() -> Settings:
+    """Settings of the project the command runs in; ProjectNotFoundError outside one."""
     settings = _settings()
+    if not is_project_dir(settings.project_dir):
+        raise ProjectNotFoundError(settings.project_dir)
+    return settings
+
+
+def _init(rotate: bool = False, settings: Settings | None = None) -> Settings:
+    settings = settings or _settings()
     result = init_env(settings.env_file, settings.env_example, [n.upper() for n in SECRET_FIELDS], rotate=rotate)
     if result.created_file:
-        console.print(f"wrote {settings.env_file} (mode 0600) from .env.example")
+        console.print(f"wrote {settings.env_file} (mode 0600) from {settings.env_example}")
     settings = _settings()
     for name in result.generated + result.rotated:
         verb = "rotated" if name in result.rotated else "generated"
@@ -63,7 +73,7 @@ def init(rotate: Annotated[bool, typer.Option(help="Replace existing secrets wit
 @app.command()
 def up(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
     """Start the stacks and wait until every service is healthy; a no-op for a healthy stack."""
-    settings = _init()
+    settings = _init(settings=_project_settings())
     runtimes = select_runtimes(settings, console, runtime, stack)
     for chosen in runtimes:
         check_secrets(settings, chosen.stack)
@@ -80,19 +90,21 @@ def up(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
 @app.command()
 def down(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
     """Stop the stacks; data stays."""
-    for chosen in select_runtimes(_settings(), console, runtime, stack):
+    for chosen in select_runtimes(_project_settings(), console, runtime, stack):
         chosen.down()
 
 
 @app.command()
 def status(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
-    """Each service: running or not, URL, health. Exits 3 when any service is not healthy."""
+    """Each service: running or not, health, URL, where its data lives. Exits 3 when any service is not
+    running and healthy (a one-shot step counts once it completed)."""
     healthy = True
-    for chosen in select_runtimes(_settings(), console, runtime, stack):
-        table = Table("service", "running", "healthy", "url", title=f"{chosen.stack} stack ({chosen.name})")
-        for service in chosen.status():
-            table.add_row(service.name, _mark(service.running), _mark(service.healthy), service.url)
-            healthy &= service.healthy
+    for chosen in select_runtimes(_project_settings(), console, runtime, stack):
+        table = Table("service", "running", "healthy", "url", "detail", title=f"{chosen.stack} stack ({chosen.name})")
+        services = chosen.status()
+        for service in services:
+            table.add_row(service.name, _mark(service.running), _mark(service.healthy), service.url, service.detail)
+        healthy &= bool(services) and all(service.healthy for service in services)
         console.print(table)
     if not healthy:
         raise typer.Exit(3)
@@ -107,8 +119,11 @@ def bootstrap(
 ) -> None:
     """Ordered, idempotent steps against the running stacks: MLflow's bucket, policy, server account and
     client settings; ClearML's client credentials, clearml.conf and default queue."""
-    settings = _settings()
-    steps = list(MINIO_STEPS if storage_only else MLFLOW_STACK_STEPS) if stack != "clearml" else []
+    settings = _settings() if storage_only else _project_settings()
+    steps = []
+    if stack != "clearml":
+        require_mlflow_stack(settings, storage_only)
+        steps = list(MINIO_STEPS if storage_only else MLFLOW_STACK_STEPS)
     if stack != "mlflow" and not storage_only:
         if http_ok(f"{settings.clearml_api_url}/debug.ping"):
             steps += clearml_steps()
@@ -123,27 +138,42 @@ def bootstrap(
 
 
 @app.command()
-def doctor() -> None:
-    """Check this host for what the stacks need; exits 1 naming each problem and its fix."""
-    settings = _settings()
-    problems = {}
-    for check, run in {
-        "secrets": lambda: check_secrets(settings),
-        "native tools": lambda: find_tools(settings),
-    }.items():
+def doctor(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
+    """Check this host for what the selected stacks need on the runtime `up` would use; exits 1 naming
+    each problem and its fix (vm.max_map_count, say, only where the ClearML stack is selected)."""
+    settings = _project_settings()
+    checks: dict[str, Callable[[], None]] = {}
+    problems: dict[str, str] = {}
+    for one in ("mlflow", "clearml") if stack == "all" else (stack,):
+        try:
+            chosen = select_runtime(settings, console, runtime, one)
+        except RuntimeUnavailableError as unavailable:
+            if stack == "all" and one == "clearml":
+                console.print(f"[yellow]the {one} stack is passed over, as `up` would:[/] {unavailable}")
+                continue
+            problems[f"{one} runtime"], chosen = str(unavailable), None
+        checks[f"{one} secrets"] = partial(check_secrets, settings, one)
+        if one == "clearml":
+            checks["vm.max_map_count (Elasticsearch)"] = _require_max_map_count
+        if chosen is not None and chosen.name == "native":
+            checks["native tools"] = partial(find_tools, settings)
+        elif chosen is not None and find_compose(settings) is None:
+            problems["compose"] = "the docker runtime needs the compose plugin: `docker compose version` must work"
+    for check, run in checks.items():
         try:
             run()
         except MlstackError as error:
             problems[check] = str(error)
-    if (max_map := check_max_map_count()) is not None:
-        problems["vm.max_map_count (ClearML)"] = max_map
-    if not engine_answers():
-        problems["docker engine"] = "no Docker engine answers: the docker runtime (and the ClearML server) need one"
     for check, problem in problems.items():
         console.print(f"[red]✗[/] {check}: {problem}")
     if problems:
         raise typer.Exit(1)
-    console.print("[green]✓[/] everything the stacks need is here")
+    console.print(f"[green]✓[/] everything the selected stacks need is here ({', '.join(checks)})")
+
+
+def _require_max_map_count() -> None:
+    if (problem := check_max_map_count()) is not None:
+        raise MlstackError(problem)
 
 
 @app.command()
@@ -152,16 +182,25 @@ def sync(
         str | None, typer.Option(help="Send to this server instead of the one each spool file names.")
     ] = None,
 ) -> None:
-    """Replay what the tracker spooled during a server outage (state folder's spool/): points, then run ends."""
+    """Replay what the tracker spooled during a server outage (state folder's spool/): points, then run ends.
+
+    What the server refuses for good is set aside in spool/rejected/ with its answer, and the exit code is 1."""
     from mlstack.tracking.mlflow.spool import replay_run_ends, replay_spool
 
     settings = _settings()
-    sent = replay_spool(settings, tracking_uri=tracking_uri)
-    ended = replay_run_ends(settings, tracking_uri=tracking_uri)
-    if not (sent or ended):
+    points = replay_spool(settings, tracking_uri=tracking_uri)
+    ends = replay_run_ends(settings, tracking_uri=tracking_uri)
+    rejected = points.rejected + ends.rejected
+    if not (points.sent_points or ends.ended_runs or rejected):
         console.print("sync: nothing spooled")
         return
-    console.print(f"sync: sent {sent} spooled points" + (f", ended {ended} runs" if ended else ""))
+    ended = f", ended {ends.ended_runs} runs" if ends.ended_runs else ""
+    console.print(f"sync: sent {points.sent_points} spooled points{ended}")
+    for item in rejected:
+        line = f"sync: refused by the server, set aside in {item.path}: {item.reason}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if rejected:
+        raise typer.Exit(1)
 
 
 @clearml_app.command("sync")
@@ -182,7 +221,9 @@ def clearml_sync() -> None:
 def check_secrets_command(
     stack: Annotated[StackName | None, typer.Option(help="Only this stack's secrets (default: all).")] = None,
 ) -> None:
-    """Fail, naming each one, while a secret is a placeholder, a well-known default or too short."""
+    """Fail, naming each one, while a secret is a placeholder, a well-known default or too short.
+
+    Reads the environment and .env if there is one (the compose stacks' preflight step has no .env)."""
     check_secrets(_settings(), stack)
     console.print("secrets: all set")
 

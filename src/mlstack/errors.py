@@ -33,3 +33,17 @@ class RuntimeUnavailableError(MlstackError):
 
 class ConfigError(MlstackError):
     """A setting in .env (or the environment) has a value that cannot be used."""
+
+
+class ProjectNotFoundError(MlstackError):
+    """A stack command ran outside an mlstack project (a checkout, or a folder `mlstack init` set up)."""
+
+    def __init__(self, folder: Path):
+        super().__init__(
+            f"no mlstack project at {folder} or above it (no .env.example or .env): cd into your mlstack checkout "
+            f"or set MLSTACK_PROJECT_DIR to it; or run `mlstack init` to make {folder} a project (native runtime)."
+        )
+
+
+class StackNotReadyError(MlstackError):
+    """A service that a command needs does not answer."""

@@ -6,6 +6,7 @@ Every command and runtime receives a `Settings` object; nothing re-reads the env
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -42,13 +43,20 @@ SECRET_FIELDS = MLFLOW_SECRET_FIELDS + CLEARML_SECRET_FIELDS
 StackName = Literal["mlflow", "clearml"]
 
 
+#: Configuration templates shipped inside the package (the checkout's conf/ and .env.example link here).
+PACKAGED_CONF = files("mlstack") / "conf"
+_PROJECT_MARKERS = (".env.example", ".env")
+
+
+def is_project_dir(folder: Path) -> bool:
+    """A checkout (it has .env.example) or a folder `mlstack init` made a project (it has .env)."""
+    return any((folder / marker).is_file() for marker in _PROJECT_MARKERS)
+
+
 def find_project_dir(start: Path | None = None) -> Path:
-    """The nearest folder at or above `start` holding `.env.example` (the checkout), else `start`."""
+    """The nearest project folder at or above `start`, else `start`."""
     start = (start or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if (folder / ".env.example").is_file():
-            return folder
-    return start
+    return next((folder for folder in (start, *start.parents) if is_project_dir(folder)), start)
 
 
 class Settings(BaseSettings):
@@ -143,7 +151,9 @@ class Settings(BaseSettings):
 
     @property
     def env_example(self) -> Path:
-        return self.project_dir / ".env.example"
+        """The project's .env.example, or the one shipped in the package when the project has none."""
+        own = self.project_dir / ".env.example"
+        return own if own.is_file() else Path(str(PACKAGED_CONF / "env.example"))
 
     @property
     def state_path(self) -> Path:
@@ -188,13 +198,22 @@ class Settings(BaseSettings):
             password=self.postgres_password.get_secret_value(),
         )
 
-    def backend_store_uri(self, host: str = "127.0.0.1", port: int | None = None) -> str:
-        """SQLAlchemy URI of the backend store (psycopg 3 driver)."""
-        password = quote(self.postgres_password.get_secret_value(), safe="")
+    def backend_store_uri(self, host: str = "127.0.0.1", port: int | None = None, with_password: bool = True) -> str:
+        """SQLAlchemy URI of the backend store (psycopg 3 driver); without the password, libpq takes it
+        from PGPASSWORD (backend_store_env)."""
+        password = ":" + quote(self.postgres_password.get_secret_value(), safe="") if with_password else ""
         return (
-            f"postgresql+psycopg://{quote(self.postgres_user, safe='')}:{password}@{host}:{port or self.postgres_port}"
+            f"postgresql+psycopg://{quote(self.postgres_user, safe='')}{password}@{host}:{port or self.postgres_port}"
             f"/{self.postgres_db}"
         )
+
+    def backend_store_env(self) -> dict[str, str]:
+        """How the MLflow server and its migration find the backend store: the URI, and the password apart
+        (the same two variables infra/mlflow/compose.yaml sets)."""
+        return {
+            "MLFLOW_BACKEND_STORE_URI": self.backend_store_uri(with_password=False),
+            "PGPASSWORD": self.postgres_password.get_secret_value(),
+        }
 
     def secrets(self, stack: StackName | None = None) -> dict[str, str]:
         """The secrets of `stack` (default: all) by their `.env` names, for validation; never print them."""

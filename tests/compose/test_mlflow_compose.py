@@ -110,3 +110,29 @@ def test_fast_store_switch_comes_from_env_and_matches_the_native_runtime(compose
 
     assert environment["MLSTACK_FAST_STORE"] == value
     assert mlflow_server_env(Settings.load(generated_env.parent))["MLSTACK_FAST_STORE"] == value
+
+
+def test_backend_store_works_with_a_password_that_needs_uri_quoting(compose_cli, generated_env):
+    from sqlalchemy.engine import make_url
+
+    password = "p@ss/w:rd%41-and-more-characters"
+    update_env(generated_env, {"POSTGRES_PASSWORD": password})
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    native = Settings.load(generated_env.parent).backend_store_env()
+
+    for name in ("migrate", "mlflow"):
+        environment = services[name]["environment"]
+        url = make_url(environment["MLFLOW_BACKEND_STORE_URI"])
+        assert (url.username, url.password, url.host, url.port, url.database) == (
+            "mlflow",
+            None,
+            "postgres",
+            5432,
+            "mlflow",
+        )
+        assert environment["PGPASSWORD"] == password  # libpq reads it verbatim: nothing to quote
+        assert environment.keys() >= native.keys()
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
+    assert make_url(native["MLFLOW_BACKEND_STORE_URI"]).password is None and native["PGPASSWORD"] == password

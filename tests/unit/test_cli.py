@@ -67,3 +67,102 @@ def test_check_secrets_exit_code_names_the_variable(project):
     result = mlstack(project.project_dir, "check-secrets", "--stack", "mlflow")
     assert result.returncode == 1
     assert "POSTGRES_PASSWORD" in result.stdout
+
+
+def mlstack_in(folder, *args: str) -> subprocess.CompletedProcess:
+    """`mlstack ARGS` run from `folder`, the project found from the working directory only."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLSTACK_")}
+    return subprocess.run(
+        [sys.executable, "-m", "mlstack.cli", *args],
+        cwd=folder,
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+    )
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output, output
+    assert output.startswith("error:") and output.count("error:") == 1, output
+    return output
+
+
+def test_up_outside_a_project_is_one_clear_line_and_creates_nothing(tmp_path):
+    output = assert_one_clear_line(mlstack_in(tmp_path, "up", "--runtime", "native"))
+    assert f"no mlstack project at {tmp_path}" in " ".join(output.split())
+    assert "MLSTACK_PROJECT_DIR" in output and "mlstack init" in output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_outside_a_checkout_writes_env_from_the_packaged_template(tmp_path):
+    result = mlstack_in(tmp_path, "init")
+    assert result.returncode == 0, result.stdout + result.stderr
+    values = read_env(tmp_path / ".env")
+    assert values["MLFLOW_ARTIFACT_BUCKET"] == "mlflow-artifacts"
+    assert len(values["CLEARML_TOKEN_SECRET"]) == 32
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+    # the folder is now a project: status runs there and says nothing is up
+    status = mlstack_in(tmp_path, "status", "--runtime", "native", "--stack", "mlflow")
+    assert status.returncode == 3, status.stdout + status.stderr
+
+
+def test_bootstrap_with_the_stack_down_is_one_clear_line_naming_the_service(project):
+    output = assert_one_clear_line(mlstack(project.project_dir, "bootstrap", "--stack", "mlflow"))
+    assert "PostgreSQL does not answer at 127.0.0.1:" in output and "make up" in output
+    assert "MLFLOW_TRACKING_URI" not in read_env(project.env_file)
+
+
+def test_bootstrap_names_each_service_of_the_stack_that_does_not_answer(project, monkeypatch):
+    import pytest
+
+    from mlstack.bootstrap import preflight
+    from mlstack.errors import StackNotReadyError
+
+    answering = {"postgres"}
+    monkeypatch.setattr(preflight, "postgres_ok", lambda dsn: "postgres" in answering)
+    monkeypatch.setattr(preflight, "http_ok", lambda url: ("minio" if "/minio/" in url else "mlflow") in answering)
+    with pytest.raises(StackNotReadyError, match=rf"MinIO does not answer at {project.minio_url}"):
+        preflight.require_mlflow_stack(project)
+    answering.add("minio")
+    with pytest.raises(StackNotReadyError, match=rf"the MLflow server does not answer at {project.mlflow_url}"):
+        preflight.require_mlflow_stack(project)
+    answering.add("mlflow")
+    preflight.require_mlflow_stack(project)
+
+
+def test_a_service_that_stops_answering_mid_bootstrap_is_one_clear_error(project):
+    import pytest
+
+    from mlstack.bootstrap import MINIO_STEPS, run_steps
+    from mlstack.errors import StackNotReadyError
+
+    with pytest.raises(
+        StackNotReadyError, match="bootstrap step 'artifact bucket' failed: a service stopped answering"
+    ):
+        run_steps(MINIO_STEPS, project, lambda result: None)
+
+
+def test_doctor_judges_only_what_the_selected_stack_needs(project, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mlstack import cli, runtime
+
+    monkeypatch.setenv("MLSTACK_PROJECT_DIR", str(project.project_dir))
+    monkeypatch.setattr(cli, "check_max_map_count", lambda: "vm.max_map_count is 65530, Elasticsearch needs more")
+    monkeypatch.setattr(cli, "find_tools", lambda settings: None)
+    monkeypatch.setattr(runtime, "engine_answers", lambda: False)
+    runner = CliRunner()
+
+    mlflow_only = runner.invoke(cli.app, ["doctor", "--stack", "mlflow", "--runtime", "native"])
+    assert mlflow_only.exit_code == 0, mlflow_only.output
+    assert "max_map_count" not in mlflow_only.output
+
+    everything = runner.invoke(cli.app, ["doctor", "--stack", "all"])
+    assert everything.exit_code == 0, everything.output
+    assert "clearml stack is passed over" in everything.output and "max_map_count" not in everything.output
+
+    clearml = runner.invoke(cli.app, ["doctor", "--stack", "clearml"])
+    assert clearml.exit_code == 1
+    assert "vm.max_map_count is 65530" in clearml.output and "MongoDB and Elasticsearch" in clearml.output

@@ -15,9 +15,9 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 from mlstack.bootstrap.steps import Outcome, Step, StepResult
 from mlstack.envfile import read_env, update_env, write_private
 from mlstack.errors import MlstackError
-from mlstack.settings import Settings
+from mlstack.settings import PACKAGED_CONF, Settings
 
-CONF_TEMPLATE = Path(__file__).resolve().parents[3] / "conf" / "clearml" / "clearml.conf.template"
+CONF_TEMPLATE = PACKAGED_CONF / "clearml" / "clearml.conf.template"
 _TRANSIENT = (requests.ConnectionError, requests.Timeout)
 
 

@@ -6,7 +6,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+import psycopg
+import requests
+import urllib3.exceptions
+from botocore.exceptions import BotoCoreError
+
+from mlstack.errors import StackNotReadyError
 from mlstack.settings import Settings
+
+#: What a step raises when the service it talks to goes away mid-run (S3, MinIO admin, HTTP, Postgres).
+_UNREACHABLE = (
+    BotoCoreError,
+    urllib3.exceptions.HTTPError,
+    requests.ConnectionError,
+    requests.Timeout,
+    psycopg.OperationalError,
+)
 
 
 class Outcome(StrEnum):
@@ -34,7 +49,13 @@ def run_steps(steps: Iterable[Step], settings: Settings, report: Callable[[StepR
     """Run `steps` in order, reporting each result as it lands; the first failure stops the run."""
     results = []
     for step in steps:
-        result = step.run(settings)
+        try:
+            result = step.run(settings)
+        except _UNREACHABLE as error:
+            raise StackNotReadyError(
+                f"bootstrap step {step.name!r} failed: a service stopped answering ({error}). "
+                "Check `mlstack status`, start what is down with `make up`, then run `mlstack bootstrap` again."
+            ) from error
         report(result)
         results.append(result)
     return results

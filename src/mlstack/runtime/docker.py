@@ -14,6 +14,15 @@ from mlstack.runtime.native.tools import find_compose
 from mlstack.secrets import check_secrets
 from mlstack.settings import Settings
 
+#: Compose's global option enabling every profile (compose-go: a "*" profile matches any service).
+ALL_PROFILES = ("--profile", "*")
+#: How long any compose command but `up` may take (seconds).
+COMMAND_TIMEOUT = 300
+#: Log lines of each unhealthy service that a failed `up` reports.
+LOG_LINES = 20
+#: Marks a container that `compose run` created, not the service itself.
+RUN_CONTAINER_LABEL = "com.docker.compose.oneoff=True"
+
 
 def engine_answers() -> bool:
     """True when a Docker engine answers a ping."""
@@ -29,64 +38,137 @@ def engine_answers() -> bool:
         return False
 
 
+def parse_ps(output: str) -> list[dict]:
+    """The entries of `compose ps --format json`: one object per line, or (older compose) one array."""
+    text = output.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def judge_services(config: dict, containers: list[dict]) -> list[ServiceStatus]:
+    """Every service the rendered compose config expects, judged by its containers from `ps --all`.
+
+    A service behind a profile is expected only when it has a container (someone started it).
+    """
+    by_service: dict[str, list[dict]] = {}
+    for container in containers:
+        if RUN_CONTAINER_LABEL not in (container.get("Labels") or ""):
+            by_service.setdefault(container["Service"], []).append(container)
+    statuses = []
+    for name, service in config["services"].items():
+        found = by_service.get(name)
+        if found:
+            judged = [judge_container(name, service, container) for container in found]
+            statuses.append(next((one for one in judged if not one.healthy), judged[0]))
+        elif not service.get("profiles"):
+            statuses.append(ServiceStatus(name, running=False, healthy=False, url="", detail="missing: not created"))
+    return statuses
+
+
+def judge_container(name: str, service: dict, container: dict) -> ServiceStatus:
+    """One container of a service: a one-shot step (restart "no") is healthy once it exited 0; a
+    long-running service while running and healthy (or running, when it declares no healthcheck)."""
+    state, health, exit_code = container.get("State", ""), container.get("Health", ""), container.get("ExitCode", 0)
+    running = state == "running"
+    url = ", ".join(
+        dict.fromkeys(
+            f"{port['URL']}:{port['PublishedPort']}"
+            for port in container.get("Publishers") or []
+            if port.get("PublishedPort")
+        )
+    )
+    if state == "exited":
+        completed = service.get("restart") == "no" and exit_code == 0
+        return ServiceStatus(name, False, completed, url, "completed" if completed else f"exited {exit_code}")
+    if not running:
+        return ServiceStatus(name, False, False, url, state or "unknown")
+    if service.get("restart") == "no":
+        return ServiceStatus(name, True, False, url, "running (not finished)")
+    declares_healthcheck = "healthcheck" in service and not service["healthcheck"].get("disable")
+    healthy = health == "healthy" or (not health and not declares_healthcheck)
+    return ServiceStatus(name, True, healthy, url, f"running ({health})" if health else "running")
+
+
+def started_profiles(config: dict, containers: list[dict]) -> list[str]:
+    """The profiles of the services that have a container: `up` keeps (and repairs) those too."""
+    present = {container["Service"] for container in containers}
+    services = config["services"]
+    return sorted({profile for name in present & services.keys() for profile in services[name].get("profiles") or []})
+
+
 @dataclass
 class DockerRuntime:
     settings: Settings
     console: Console
     stack: str = "mlflow"
     name: str = "docker"
+    up_timeout: int = 600
+    """Seconds `up` may take: compose's --wait-timeout, and the bound on the whole run (builds included)."""
 
-    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def compose(self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
+        """The compose CLI on this stack's file and the project's .env; killed after `timeout` seconds."""
+        compose_file = self.settings.project_dir / "infra" / self.stack / "compose.yaml"
+        if not compose_file.is_file():
+            raise RuntimeUnavailableError(
+                f"The docker runtime runs infra/{self.stack}/compose.yaml from the mlstack checkout, and "
+                f"{self.settings.project_dir} has none: run from your checkout, or use --runtime native."
+            )
         command = find_compose(self.settings)
         if command is None:
             raise RuntimeUnavailableError("The docker runtime needs the compose plugin: `docker compose version`.")
-        compose_file = self.settings.project_dir / "infra" / self.stack / "compose.yaml"
-        full = [
-            *command,
-            "-f",
-            str(compose_file),
-            "--env-file",
-            str(self.settings.env_file),
-            *args,
-        ]
-        result = subprocess.run(full, capture_output=True, text=True, cwd=self.settings.project_dir)
+        full = [*command, "-f", str(compose_file), "--env-file", str(self.settings.env_file), *args]
+        try:
+            result = subprocess.run(
+                full, capture_output=True, text=True, cwd=self.settings.project_dir, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            raise ServiceStartError(f"`docker compose {' '.join(args)}` did not finish within {timeout} s") from None
         if check and result.returncode != 0:
             raise ServiceStartError(f"`docker compose {' '.join(args)}` failed:\n{result.stderr[-3000:]}")
         return result
 
-    def up(self) -> bool:
-        check_secrets(self.settings, self.stack)
-        services = self.status()
-        if services and all(service.healthy for service in services):
-            self.console.print(f"{self.stack} stack (docker) is already running and healthy: nothing to do")
-            return False
-        with self.console.status(f"docker compose up --wait ({self.stack})"):
-            self.compose("up", "--detach", "--wait", "--build")
-        return True
+    def rendered_config(self) -> dict:
+        """The compose file as compose resolves it, every profile's services included (no engine needed)."""
+        return json.loads(self.compose(*ALL_PROFILES, "config", "--format", "json").stdout)
 
-    def down(self) -> None:
-        self.compose("down")
-
-    def kill(self, service: str) -> None:
-        self.compose("kill", service)
+    def containers(self) -> list[dict]:
+        """This stack's containers, stopped ones and profile services included."""
+        return parse_ps(self.compose(*ALL_PROFILES, "ps", "--all", "--format", "json").stdout)
 
     def status(self) -> list[ServiceStatus]:
-        result = self.compose("ps", "--all", "--format", "json", check=False)
-        statuses = []
-        for line in result.stdout.splitlines():
-            entry = json.loads(line)
-            if entry.get("State") == "exited" and entry.get("ExitCode") == 0:
-                continue  # a one-shot step that finished
-            ports = ", ".join(
-                f"{p['URL']}:{p['PublishedPort']}" for p in entry.get("Publishers") or [] if p.get("PublishedPort")
-            )
-            statuses.append(
-                ServiceStatus(
-                    entry["Service"],
-                    entry.get("State") == "running",
-                    entry.get("Health") in ("healthy", ""),
-                    ports,
-                    entry.get("Status", ""),
-                )
-            )
-        return statuses
+        return judge_services(self.rendered_config(), self.containers())
+
+    def up(self) -> bool:
+        check_secrets(self.settings, self.stack)
+        config, containers = self.rendered_config(), self.containers()
+        if all(service.healthy for service in judge_services(config, containers)):
+            self.console.print(f"{self.stack} stack (docker) is already running and healthy: nothing to do")
+            return False
+        profiles = [option for profile in started_profiles(config, containers) for option in ("--profile", profile)]
+        wait = ("--wait", "--wait-timeout", str(self.up_timeout))
+        try:
+            with self.console.status(f"docker compose up --wait ({self.stack})"):
+                self.compose(*profiles, "up", "--detach", *wait, "--build", timeout=self.up_timeout)
+        except ServiceStartError as failure:
+            raise ServiceStartError(self.startup_report(str(failure))) from None
+        return True
+
+    def startup_report(self, failure: str) -> str:
+        """Why `up` failed: compose's own error, then each unhealthy service with its last log lines."""
+        sections = [f"The {self.stack} stack did not become healthy. {failure}"]
+        for service in self.status():
+            if not service.healthy:
+                sections.append(f"{service.name}: {service.detail}\n{self.last_log_lines(service.name)}")
+        return "\n\n".join(sections)
+
+    def last_log_lines(self, service: str) -> str:
+        logs = self.compose(*ALL_PROFILES, "logs", "--no-color", "--tail", str(LOG_LINES), service, check=False)
+        return logs.stdout.rstrip() or "(no log lines)"
+
+    def down(self) -> None:
+        """Stop and remove every container of the stack, profile services (the ClearML agent) included."""
+        self.compose(*ALL_PROFILES, "down", "--remove-orphans")
+
+    def kill(self, service: str) -> None:
+        self.compose(*ALL_PROFILES, "kill", service)

@@ -45,14 +45,15 @@ class ManagedProcess:
     def is_running(self) -> bool:
         return self.pid() is not None
 
-    def start(self, command: list[str], env: dict[str, str], user: str | None = None) -> int:
-        """Start `command` detached, output appended to the log file; returns its pid."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as log:
+    def start(self, command: list[str], env: dict[str, str], user: str | None = None, cwd: Path | None = None) -> int:
+        """Start `command` detached (as `user`, in `cwd`), output appended to the owner-only log file."""
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
             process = subprocess.Popen(
                 command,
                 env=env,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,11 +1,18 @@
 """The native runtime: PostgreSQL, MinIO and the MLflow server as local processes.
 
 Same versions and settings as the compose stack; state (data, logs, pid files) lives under the
-state folder. Started processes run in their own sessions, so they outlive the `mlstack` command.
+state folder, private to its owner (0700). Started processes run in their own sessions, so they
+outlive the `mlstack` command.
+
+PostgreSQL refuses to run as root, so as root it runs as the `postgres` system user, which cannot
+reach a checkout under a private folder such as /root: its data then lives in a folder of its own
+under POSTGRES_HOMES (owned by `postgres`, mode 0700), named after the state folder, and
+`mlstack status` says where.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -31,6 +38,28 @@ from mlstack.settings import Settings
 
 #: The environment a service inherits from ours; everything else (root secrets above all) is left out.
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+#: Where PostgreSQL keeps each project's data when it runs as the `postgres` user (mlstack as root).
+POSTGRES_HOMES = Path("/var/lib/mlstack/postgres")
+
+
+@dataclass(frozen=True)
+class PostgresLayout:
+    """Where PostgreSQL's data lives, the private folder around it (the working directory of
+    initdb and the server), and which system user runs it (None: the current user)."""
+
+    home: Path
+    data: Path
+    os_user: str | None
+
+
+def postgres_layout(settings: Settings) -> PostgresLayout:
+    """In the state folder for an ordinary user; as root, a `postgres`-owned folder under POSTGRES_HOMES."""
+    user = _postgres_os_user()
+    if user is None:
+        native = settings.state_path / "native"
+        return PostgresLayout(native, native / "postgres", None)
+    home = POSTGRES_HOMES / hashlib.sha256(str(settings.state_path).encode()).hexdigest()[:16]
+    return PostgresLayout(home, home / "data", user)
 
 
 @dataclass
@@ -45,6 +74,7 @@ class NativeRuntime:
         root = self.settings.state_path
         self.data_dir = root / "native"
         self.run_dir, self.log_dir = root / "run", root / "logs"
+        self.postgres = postgres_layout(self.settings)
         self.processes = {
             "postgres": ManagedProcess("postgres", self.run_dir, self.log_dir, stop_signal=signal.SIGINT),
             "minio": ManagedProcess("minio", self.run_dir, self.log_dir),
@@ -59,6 +89,7 @@ class NativeRuntime:
         if all(service.healthy for service in self.status()):
             self.console.print("mlflow stack (native) is already running and healthy: nothing to do")
             return False
+        _private_folder(self.settings.state_path)
         self._start_postgres(tools)
         self._start_minio(tools)
         run_steps(MINIO_STEPS, self.settings, lambda r: self.console.print(f"  {r.step}: {r.outcome} ({r.detail})"))
@@ -74,14 +105,20 @@ class NativeRuntime:
     def status(self) -> list[ServiceStatus]:
         s = self.settings
         probes = {
-            "postgres": (f"postgresql://127.0.0.1:{s.postgres_port}/{s.postgres_db}", self._postgres_healthy),
-            "minio": (s.minio_url, self._minio_healthy),
-            "mlflow": (s.mlflow_url, self._mlflow_healthy),
+            "postgres": (
+                f"postgresql://127.0.0.1:{s.postgres_port}/{s.postgres_db}",
+                self._postgres_healthy,
+                f"data: {self.postgres.data}",
+            ),
+            "minio": (s.minio_url, self._minio_healthy, f"data: {self.data_dir / 'minio'}"),
+            "mlflow": (s.mlflow_url, self._mlflow_healthy, f"log: {self.processes['mlflow'].log_file}"),
         }
         statuses = []
-        for name, (url, probe) in probes.items():
+        for name, (url, probe, where) in probes.items():
             running = self.processes[name].is_running()
-            statuses.append(ServiceStatus(name, running, running and probe(), url))
+            healthy = running and probe()
+            state = "healthy" if healthy else "running, not answering" if running else "not running"
+            statuses.append(ServiceStatus(name, running, healthy, url, f"{state}; {where}"))
         return statuses
 
     def kill(self, service: str) -> None:
@@ -110,47 +147,67 @@ class NativeRuntime:
         wait_until(name, probe, self.start_timeout, self.console, process.is_running, process.tail)
 
     def _start_postgres(self, tools: NativeTools) -> None:
-        process, s = self.processes["postgres"], self.settings
+        process, s, layout = self.processes["postgres"], self.settings, self.postgres
         if process.is_running():
+            self._wait("postgres", self._postgres_healthy)
             return
-        user = _postgres_os_user()
-        data, sockets = self.data_dir / "postgres", self.run_dir / "postgres-socket"
-        for folder in (data, sockets):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if user:
-                shutil.chown(folder, user, user)
-        if not (data / "PG_VERSION").exists():
-            self._initdb(tools, data, user)
+        self._prepare_postgres_home()
+        if not (layout.data / "PG_VERSION").exists():
+            self._initdb(tools)
         process.start(
             [
                 str(tools.postgres_bin / "postgres"),
                 "-D",
-                str(data),
+                str(layout.data),
                 "-p",
                 str(s.postgres_port),
                 "-c",
                 f"listen_addresses={s.bind_address}",
+                # TCP only: no socket file whose path could be too long or unreachable for `postgres`
                 "-c",
-                f"unix_socket_directories={sockets}",
+                "unix_socket_directories=",
             ],
             env=_base_env(),
-            user=user,
+            user=layout.os_user,
+            cwd=layout.home,
         )
         self._wait("postgres", self._postgres_healthy)
         self._ensure_database()
 
-    def _initdb(self, tools: NativeTools, data: Path, user: str | None) -> None:
-        pwfile = self.run_dir / "initdb.pw"
-        pwfile.write_text(self.settings.postgres_password.get_secret_value())
-        pwfile.chmod(0o600)
-        if user:
-            shutil.chown(pwfile, user, user)
+    def _prepare_postgres_home(self) -> None:
+        """The data folder's home, private to the user PostgreSQL runs as; as root, data that an earlier
+        mlstack kept in the state folder moves here (PostgreSQL is stopped)."""
+        layout = self.postgres
+        if layout.os_user is not None:
+            POSTGRES_HOMES.mkdir(parents=True, exist_ok=True, mode=0o755)
+        layout.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        legacy = self.data_dir / "postgres"
+        if layout.os_user is not None and (legacy / "PG_VERSION").exists() and not layout.data.exists():
+            self.console.print(f"moving PostgreSQL data from {legacy} to {layout.data}")
+            shutil.move(legacy, layout.data)
+        layout.data.mkdir(exist_ok=True, mode=0o700)
+        if layout.os_user is not None:
+            (layout.home / "project").write_text(f"{self.settings.state_path}\n")
+            for path in (layout.home, layout.data, layout.home / "project"):
+                shutil.chown(path, layout.os_user, layout.os_user)
+        for path in (layout.home, layout.data):
+            path.chmod(0o700)
+
+    def _initdb(self, tools: NativeTools) -> None:
+        layout = self.postgres
+        pwfile = layout.home / "initdb.pw"
+        pwfile.unlink(missing_ok=True)
+        descriptor = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            if layout.os_user is not None:
+                os.fchown(handle.fileno(), *_ids(layout.os_user))
+            handle.write(self.settings.postgres_password.get_secret_value())
         try:
             result = subprocess.run(
                 [
                     str(tools.postgres_bin / "initdb"),
                     "-D",
-                    str(data),
+                    str(layout.data),
                     "-U",
                     self.settings.postgres_user,
                     f"--pwfile={pwfile}",
@@ -158,16 +215,17 @@ class NativeRuntime:
                     "--encoding=UTF8",
                 ],
                 env=_base_env(),
-                user=user,
-                group=user,
-                extra_groups=[] if user else None,
+                cwd=layout.home,
+                user=layout.os_user,
+                group=layout.os_user,
+                extra_groups=[] if layout.os_user else None,
                 capture_output=True,
                 text=True,
             )
         finally:
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
-            raise ServiceStartError(f"initdb failed in {data}:\n{result.stderr[-2000:]}")
+            raise ServiceStartError(f"initdb failed in {layout.data}:\n{result.stderr[-2000:]}")
 
     def _ensure_database(self) -> None:
         s = self.settings
@@ -180,6 +238,7 @@ class NativeRuntime:
     def _start_minio(self, tools: NativeTools) -> None:
         process, s = self.processes["minio"], self.settings
         if process.is_running():
+            self._wait("minio", self._minio_healthy)
             return
         data = self.data_dir / "minio"
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -207,7 +266,7 @@ class NativeRuntime:
         """`mlflow db upgrade`, the same one-shot step compose runs before the server starts."""
         result = subprocess.run(
             [sys.executable, "-m", "mlstack.runtime.migrate"],
-            env={**_base_env(), "MLFLOW_BACKEND_STORE_URI": self.settings.backend_store_uri()},
+            env={**_base_env(), **self.settings.backend_store_env()},
             capture_output=True,
             text=True,
         )
@@ -218,6 +277,7 @@ class NativeRuntime:
     def _start_mlflow(self) -> None:
         process = self.processes["mlflow"]
         if process.is_running():
+            self._wait("mlflow", self._mlflow_healthy)
             return
         require_store_plugin(self.settings)
         process.start(mlflow_server_command(self.settings), env=mlflow_server_env(self.settings))
@@ -268,7 +328,7 @@ def mlflow_server_env(settings: Settings) -> dict[str, str]:
     """The server's environment: its own MinIO account, never the root credentials."""
     return {
         **_base_env(),
-        "MLFLOW_BACKEND_STORE_URI": settings.backend_store_uri(),
+        **settings.backend_store_env(),
         "MLFLOW_S3_ENDPOINT_URL": settings.minio_url,
         "AWS_ACCESS_KEY_ID": settings.mlflow_s3_access_key,
         "AWS_SECRET_ACCESS_KEY": settings.mlflow_s3_secret_key.get_secret_value(),
@@ -282,6 +342,17 @@ def _base_env() -> dict[str, str]:
     env = {key: os.environ[key] for key in _INHERITED_ENV if key in os.environ}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
     return env
+
+
+def _private_folder(folder: Path) -> None:
+    """Create `folder` (the state folder) readable by its owner only; tighten it if it exists."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
+
+
+def _ids(user: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
 
 
 def _postgres_os_user() -> str | None:
