@@ -69,13 +69,40 @@ def test_databases_publish_no_port(compose):
         assert "ports" not in compose["services"][name], f"{name} must stay on the internal network"
 
 
-def test_depends_on_waits_for_health(compose):
+#: What each service needs answering before it can start, read from clearml-server v2.3.0:
+#: the apiserver connects to mongo, redis and elasticsearch at start (apiserver/server_init); the
+#: fileserver logs in to the apiserver at import (fileserver/auth.py: AuthHandler opens an apiserver
+#: session) and caches token checks in redis; async_delete deletes through the fileserver with the
+#: apiserver's data; the webserver proxies the API; the agent registers with the apiserver and uploads
+#: to the fileserver.
+NEEDS_AT_START = {
+    "apiserver": {"mongo", "redis", "elasticsearch"},
+    "fileserver": {"redis", "apiserver"},
+    "async_delete": {"apiserver", "fileserver"},
+    "webserver": {"apiserver"},
+    "agent-services": {"apiserver", "fileserver"},
+}
+
+
+def test_each_service_waits_for_the_healthy_services_it_needs_at_start(compose):
     services = compose["services"]
-    assert services["fileserver"]["depends_on"]["redis"]["condition"] == "service_healthy"
-    for dependency in ("mongo", "redis", "elasticsearch", "fileserver"):
-        assert services["apiserver"]["depends_on"][dependency]["condition"] == "service_healthy"
-    assert services["webserver"]["depends_on"]["apiserver"]["condition"] == "service_healthy"
-    assert services["agent-services"]["depends_on"]["apiserver"]["condition"] == "service_healthy"
+    for name, needs in NEEDS_AT_START.items():
+        depends = services[name].get("depends_on", {})
+        assert set(depends) == needs, f"{name} depends on {sorted(depends)}, needs {sorted(needs)}"
+        assert {entry["condition"] for entry in depends.values()} == {"service_healthy"}, name
+
+
+def test_start_order_has_no_cycle(compose):
+    """A cycle in depends_on (apiserver waiting for a fileserver that waits for the apiserver) never starts."""
+    graph = {name: set(service.get("depends_on", {})) for name, service in compose["services"].items()}
+    started: list[str] = []
+    while graph:
+        ready = sorted(name for name, needs in graph.items() if needs <= set(started))
+        assert ready, f"these services wait for each other and never start: {sorted(graph)}"
+        started.extend(ready)
+        for name in ready:
+            del graph[name]
+    assert started.index("apiserver") < started.index("fileserver")
 
 
 def test_agent_runs_only_under_the_agent_profile(compose):
@@ -160,3 +187,25 @@ def test_compose_cli_refuses_a_missing_secret(compose_cli, generated_env):
     result = run_clearml_compose(compose_cli, generated_env, "config", "--quiet")
     assert result.returncode != 0
     assert "CLEARML_TOKEN_SECRET is not set" in result.stderr
+
+
+def test_files_uploaded_by_the_agent_get_urls_the_host_and_browser_can_open(compose_cli, generated_env):
+    from mlstack.envfile import update_env
+    from mlstack.settings import Settings
+
+    update_env(
+        generated_env, {"CLEARML_FILES_PORT": "18081", "CLEARML_API_PORT": "18008", "CLEARML_HOST_IP": "10.1.2.3"}
+    )
+    result = run_clearml_compose(compose_cli, generated_env, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    agent = json.loads(result.stdout)["services"]["agent-services"]
+    settings = Settings.load(generated_env.parent)
+
+    # the agent is a client of the published ports, exactly as the host's clients (clearml.conf) are
+    assert agent["network_mode"] == "host"
+    assert agent["environment"]["CLEARML_FILES_HOST"] == settings.clearml_files_url == "http://10.1.2.3:18081"
+    assert agent["environment"]["CLEARML_API_HOST"] == settings.clearml_api_url
+    assert agent["environment"]["CLEARML_WEB_HOST"] == settings.clearml_web_url
+    service_names = set(json.loads(result.stdout)["services"])
+    for value in agent["environment"].values():
+        assert not any(f"//{name}:" in value for name in service_names), value
