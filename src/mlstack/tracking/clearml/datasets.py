@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,30 @@ from clearml import Dataset
 from mlstack.settings import Settings
 from mlstack.tracking.clearml.connection import require_server
 from mlstack.tracking.clearml.errors import ClearMLConfigError
+
+_VERSION_COLUMNS = ["id", "name", "version", "created", "tags"]
+
+
+def _versions_newest_first(dataset_project: str, dataset_name: str | None) -> list[dict]:
+    """Completed versions in exactly `dataset_project` (not its subprojects), of exactly `dataset_name`
+    (every name when None), newest first by creation time.
+
+    The server returns natural (insertion) order and searches `partial_name` as a regex anywhere in
+    the name, so the name is sent escaped and anchored, and both name and project are checked here.
+    """
+    found = Dataset.list_datasets(
+        dataset_project=dataset_project,
+        partial_name=f"^{re.escape(dataset_name)}$" if dataset_name is not None else None,
+        only_completed=True,
+        recursive_project_search=False,
+    )
+    matching = [
+        entry
+        for entry in found
+        if entry["project"] == dataset_project and (dataset_name is None or entry["name"] == dataset_name)
+    ]
+    # Reversing a stable ascending sort puts the later-listed (later-inserted) first on equal times.
+    return sorted(matching, key=lambda entry: entry["created"])[::-1]
 
 
 def create_dataset_version(
@@ -24,7 +49,8 @@ def create_dataset_version(
 ) -> str:
     """Upload `files` (files or folders) as a new, finalized version; returns the dataset id.
 
-    The newest existing version becomes its parent, so unchanged files are not stored twice.
+    Its parent is the newest (by creation time) completed version of exactly this name in exactly
+    this project, so unchanged files are not stored twice.
     """
     missing = [str(path) for path in files if not Path(path).exists()]
     if not files or missing:
@@ -32,18 +58,12 @@ def create_dataset_version(
             f"dataset {dataset_name!r}: files {missing or files} do not exist: pass existing paths"
         )
     require_server(settings or Settings.load())
-    parents = [
-        found["id"]
-        for found in Dataset.list_datasets(
-            dataset_project=dataset_project, partial_name=dataset_name, only_completed=True
-        )
-        if found["name"] == dataset_name
-    ][:1]
+    newest = _versions_newest_first(dataset_project, dataset_name)[:1]
     dataset = Dataset.create(
         dataset_name=dataset_name,
         dataset_project=dataset_project,
         dataset_version=version,
-        parent_datasets=parents or None,
+        parent_datasets=[entry["id"] for entry in newest] or None,
     )
     for path in files:
         dataset.add_files(path=str(path))
@@ -66,12 +86,11 @@ def get_dataset_version(
 def list_dataset_versions(
     dataset_project: str, dataset_name: str | None = None, settings: Settings | None = None
 ) -> pd.DataFrame:
-    """Versions in the project: id, name, version, created, tags."""
+    """Completed versions in the project (of `dataset_name` only, when given), newest first by
+    creation time: id, name, version, created, tags."""
     require_server(settings or Settings.load())
-    found = Dataset.list_datasets(dataset_project=dataset_project, partial_name=dataset_name)
     rows = [
-        {key: entry.get(key) for key in ("id", "name", "version", "created", "tags")}
-        for entry in found
-        if dataset_name is None or entry["name"] == dataset_name
+        {key: entry.get(key) for key in _VERSION_COLUMNS}
+        for entry in _versions_newest_first(dataset_project, dataset_name)
     ]
-    return pd.DataFrame(rows, columns=["id", "name", "version", "created", "tags"])
+    return pd.DataFrame(rows, columns=_VERSION_COLUMNS)
