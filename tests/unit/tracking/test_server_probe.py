@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from tenacity import stop_after_attempt
 
-from mlstack.tracking.mlflow.tracker import _server_answers
+from mlstack.tracking.mlflow.tracker import server_answers
 
-probe = _server_answers.retry_with(stop=stop_after_attempt(1))
+probe = server_answers.retry_with(stop=stop_after_attempt(1))
 
 
 def serving(status: int) -> str:

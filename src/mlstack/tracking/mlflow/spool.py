@@ -4,7 +4,8 @@ A metrics file starts with a header line {"tracking_uri": ...}; every other line
 {"run_id", "key", "value", "timestamp", "step"}. Replaying is idempotent: the server ignores a
 point whose run, key, value, timestamp and step it already has. A run-end file holds the end
 (status, end time) of one run that finished while its server was unreachable; sync sends it
-after the points.
+after the points. What the server refuses for good (e.g. points or the end of a deleted run) is set
+aside in `rejected/` in the same format, with a "reason" field holding the server's answer.
 """
 
 from __future__ import annotations
@@ -14,17 +15,63 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from itertools import groupby, islice
 from pathlib import Path
 
 from mlstack.settings import Settings
+from mlstack.tracking.mlflow.errors import TrackingError
 
 SPOOL_FOLDER = "spool"
+REJECTED_FOLDER = "rejected"
 Point = tuple[str, str, float, int, int]  # run_id, key, value, timestamp (ms), step
 
 
 def spool_folder(settings: Settings) -> Path:
     return settings.state_path / SPOOL_FOLDER
+
+
+@dataclass(frozen=True)
+class RejectedItem:
+    """Points or a run end the server refused for good, set aside in `path` with its answer."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class ReplayReport:
+    """What a replay did: points accepted, runs ended, and what was set aside as refused."""
+
+    sent_points: int = 0
+    ended_runs: int = 0
+    rejected: list[RejectedItem] = field(default_factory=list)
+
+
+class ServerUnreachableError(TrackingError):
+    """The server did not answer during a replay; the files not fully sent are kept."""
+
+    def __init__(self, tracking_uri: str, folder: Path, detail: str):
+        super().__init__(
+            f"The MLflow server at {tracking_uri} does not answer ({detail}): sync stopped and nothing was lost, "
+            f"the spool files are kept in {folder}. Start the server (`make up`) and run `mlstack sync` again."
+        )
+
+
+def _point_line(point: Point) -> str:
+    run_id, key, value, timestamp, step = point
+    return json.dumps({"run_id": run_id, "key": key, "value": value, "timestamp": timestamp, "step": step})
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write `text` to `path` all or nothing: written, fsynced, renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    partial.replace(path)
 
 
 class MetricSpool:
@@ -38,10 +85,7 @@ class MetricSpool:
 
     def append(self, points: Iterable[Point]) -> int:
         """Write `points` durably (flushed and fsynced); returns how many were written."""
-        lines = [
-            json.dumps({"run_id": run_id, "key": key, "value": value, "timestamp": timestamp, "step": step})
-            for run_id, key, value, timestamp, step in points
-        ]
+        lines = [_point_line(point) for point in points]
         if not lines:
             return 0
         with self._lock:
@@ -92,52 +136,88 @@ def _spool_files(settings_or_path: Settings | Path | str, pattern: str) -> list[
     return sorted(target.glob(pattern)) if target.is_dir() else [target]
 
 
-def replay_spool(settings_or_path: Settings | Path | str, tracking_uri: str | None = None) -> int:
-    """Send spooled points to the server and delete each file once all its points are accepted.
+def replay_spool(settings_or_path: Settings | Path | str, tracking_uri: str | None = None) -> ReplayReport:
+    """Send spooled points; delete each file once every point was accepted or set aside.
 
     `settings_or_path`: a Settings (every file in `<state>/spool/`), a spool folder, or one file.
-    `tracking_uri` overrides the URI recorded in each file. Returns how many points were sent.
+    `tracking_uri` overrides the URI recorded in each file. The points of a run the server refuses
+    for good go to `rejected/` beside the file, one file per run. Raises ServerUnreachableError,
+    keeping the file, when the server does not answer.
     """
-    from mlstack.tracking.mlflow.transport import sender_for
+    from mlstack.tracking.mlflow.transport import RejectedBatchError, TransientSendError, sender_for
 
+    report = ReplayReport()
     files = [path for path in _spool_files(settings_or_path, "metrics-*.jsonl") if not _is_run_end(path)]
-    sent = 0
     for path in files:
         recorded_uri, points = read_spool(path)
-        sender = sender_for(tracking_uri or recorded_uri)
+        target_uri = tracking_uri or recorded_uri
+        sender = sender_for(target_uri)
+        refused: dict[str, list[Point]] = {}
+        reasons: dict[str, dict[str, None]] = {}  # run_id -> the server's distinct answers, in order
         while chunk := list(islice(points, sender.max_points)):
             for run_id, run_points in groupby(chunk, key=lambda point: point[0]):
-                sender.send(run_id, list(run_points))
-            sent += len(chunk)
+                batch = list(run_points)
+                try:
+                    sender.send(run_id, batch)
+                except TransientSendError as error:
+                    raise ServerUnreachableError(target_uri, path.parent, str(error)) from error
+                except RejectedBatchError as error:
+                    refused.setdefault(run_id, []).extend(batch)
+                    reasons.setdefault(run_id, {})[str(error)] = None
+                else:
+                    report.sent_points += len(batch)
+        for run_id, run_points in refused.items():
+            report.rejected.append(_set_aside_points(path, target_uri, run_id, run_points, "; ".join(reasons[run_id])))
         path.unlink()
-    return sent
+    return report
+
+
+def _set_aside_points(source: Path, tracking_uri: str, run_id: str, points: list[Point], reason: str) -> RejectedItem:
+    """Keep the refused `points` of run `run_id` from spool file `source` in `rejected/`, with the reason."""
+    path = source.parent / REJECTED_FOLDER / f"{source.stem}-{run_id}.jsonl"
+    header = {"tracking_uri": tracking_uri, "spool_file": source.name, "run_id": run_id, "reason": reason}
+    _write_durably(path, "\n".join([json.dumps(header), *map(_point_line, points)]) + "\n")
+    return RejectedItem(path, reason)
 
 
 def spool_run_end(folder: Path, tracking_uri: str, run_id: str, status: str, end_time: int) -> Path:
     """Keep the end of run `run_id` (durably: written, fsynced, renamed into place); returns the file."""
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{_RUN_END_PREFIX}{run_id}.json"
-    partial = path.with_suffix(".partial")
     record = {"tracking_uri": tracking_uri, "run_id": run_id, "status": status, "end_time": end_time}
-    with partial.open("w", encoding="utf-8") as handle:
-        json.dump(record, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)
+    _write_durably(path, json.dumps(record))
     return path
 
 
-def replay_run_ends(settings_or_path: Settings | Path | str, tracking_uri: str | None = None) -> int:
-    """End the spooled runs on the server (status and end time as recorded); returns how many.
+def replay_run_ends(settings_or_path: Settings | Path | str, tracking_uri: str | None = None) -> ReplayReport:
+    """End the spooled runs on the server (status and end time as recorded).
 
     Takes what replay_spool takes; run it after replay_spool so every point is in before the end.
+    A run end the server refuses for good moves to `rejected/` with the reason; the others are
+    still sent. Raises ServerUnreachableError, keeping the file, when the server does not answer.
     """
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
+    from mlstack.tracking.mlflow.tracker import server_answers
+    from mlstack.tracking.mlflow.transport import TRANSIENT_HTTP_STATUS
+
+    report = ReplayReport()
     files = [path for path in _spool_files(settings_or_path, f"{_RUN_END_PREFIX}*.json") if _is_run_end(path)]
     for path in files:
         record = json.loads(path.read_text(encoding="utf-8"))
-        client = MlflowClient(tracking_uri or record["tracking_uri"])
-        client.set_terminated(record["run_id"], record["status"], end_time=record["end_time"])
+        target_uri = tracking_uri or record["tracking_uri"]
+        if not server_answers(target_uri):  # checked first: the client would retry for minutes
+            raise ServerUnreachableError(target_uri, path.parent, "no answer on /health for 10 s")
+        try:
+            MlflowClient(target_uri).set_terminated(record["run_id"], record["status"], end_time=record["end_time"])
+        except MlflowException as error:
+            # the client reports "no answer at all" (connection refused, timeout) as INTERNAL_ERROR: 500
+            if error.get_http_status_code() in TRANSIENT_HTTP_STATUS:
+                raise ServerUnreachableError(target_uri, path.parent, str(error)) from error
+            set_aside = path.parent / REJECTED_FOLDER / path.name
+            _write_durably(set_aside, json.dumps({**record, "tracking_uri": target_uri, "reason": str(error)}))
+            report.rejected.append(RejectedItem(set_aside, str(error)))
+        else:
+            report.ended_runs += 1
         path.unlink()
-    return len(files)
+    return report

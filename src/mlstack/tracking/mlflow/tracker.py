@@ -135,7 +135,7 @@ class ExperimentTracker:
             spooled = error
         if self._owns_run:
             _open_trackers.set(tuple(t for t in _open_trackers.get() if t is not self))
-            if not _server_answers(self._tracking_uri):
+            if not server_answers(self._tracking_uri):
                 self._spool_end(status, spooled)
             elif (active := mlflow.active_run()) is not None and active.info.run_id == self._run_id:
                 mlflow.end_run(status)
@@ -351,7 +351,7 @@ def create_mlflow_run(
     retry=retry_if_result(lambda answered: not answered),
     retry_error_callback=lambda _state: False,
 )
-def _server_answers(tracking_uri: str) -> bool:
+def server_answers(tracking_uri: str) -> bool:
     """Whether the tracking server answers within ~10 s (always True for local stores).
 
     Any answer counts (a 401 or 404 from a proxy in front is the mlflow client's business); a

@@ -15,7 +15,7 @@ from mlstack.tracking.mlflow.spool import Point
 
 MAX_METRICS_PER_REQUEST = 1000  # server limit; 1000 points of <=250-char keys stay far below 1 MB
 REQUEST_TIMEOUT_SECONDS = 60
-_TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+TRANSIENT_HTTP_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 class TransientSendError(Exception):
@@ -70,10 +70,19 @@ class RestMetricSender:
             raise TransientSendError(f"{type(error).__name__}: {error}") from error
         if response.status_code == 200:
             return
-        detail = f"HTTP {response.status_code}: {response.text[:300]}"
-        if response.status_code in _TRANSIENT_STATUS:
+        detail = _server_answer(response)
+        if response.status_code in TRANSIENT_HTTP_STATUS:
             raise TransientSendError(detail)
         raise RejectedBatchError(detail)
+
+
+def _server_answer(response: requests.Response) -> str:
+    """`HTTP 400 INVALID_PARAMETER_VALUE: <message>` from MLflow's JSON error body, else the body's start."""
+    try:
+        error = response.json()
+        return f"HTTP {response.status_code} {error['error_code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}: {response.text[:300]}"
 
 
 class ClientMetricSender:
