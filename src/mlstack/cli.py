@@ -209,9 +209,13 @@ def clearml_sync() -> None:
     from mlstack.tracking.clearml import sync_offline_sessions
 
     report = sync_offline_sessions(_settings())
+    for session_id, error in report.failed.items():
+        line = f"clearml sync: session {session_id} failed, it stays pending: {error}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    still_open = f", {len(report.still_open)} still open (a running process writes them)" if report.still_open else ""
     console.print(
         f"clearml sync: {len(report.synced)} uploaded, {len(report.already_synced)} already synced, "
-        f"{len(report.failed)} failed"
+        f"{len(report.failed)} failed{still_open}"
     )
     if report.failed:
         raise typer.Exit(1)

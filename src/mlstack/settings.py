@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     clearml_api_secret_key: SecretStr | None = None
     #: Where tracker sessions go when no server answers (default: <state dir>/clearml).
     clearml_offline_dir: Path | None = Field(default=None, alias="MLSTACK_CLEARML_OFFLINE_DIR")
+    #: Project of ClearMLTracker runs whose config names none (no clearml.project).
+    clearml_default_project: str = Field(default="mlstack", min_length=1)
+    #: Where model weights go (any URI the ClearML SDK uploads to, e.g. s3://host:9000/bucket); default: the fileserver.
+    clearml_default_output_uri: str | None = None
 
     @classmethod
     def load(cls, project_dir: Path | None = None) -> Settings:
@@ -182,6 +186,11 @@ class Settings(BaseSettings):
     @property
     def clearml_files_url(self) -> str:
         return f"http://{self.clearml_host_ip}:{self.clearml_files_port}"
+
+    @property
+    def clearml_output_destination(self) -> str:
+        """Where tasks upload model weights: CLEARML_DEFAULT_OUTPUT_URI, else the stack's fileserver."""
+        return self.clearml_default_output_uri or self.clearml_files_url
 
     @property
     def clearml_offline_path(self) -> Path:

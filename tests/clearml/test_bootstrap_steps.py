@@ -6,6 +6,7 @@ import stat
 from urllib.parse import urlparse
 
 import pytest
+from clearml.utilities.pyhocon import ConfigFactory
 from fake_apiserver import FakeApiServer
 
 from mlstack.bootstrap.clearml import (
@@ -14,6 +15,7 @@ from mlstack.bootstrap.clearml import (
     clearml_steps,
     ensure_client_credentials,
     ensure_default_queue,
+    render_clearml_conf,
 )
 from mlstack.bootstrap.steps import Outcome, run_steps
 from mlstack.envfile import read_env
@@ -65,6 +67,20 @@ def test_second_run_reuses_working_credentials(checkout, apiserver):
     assert result.outcome is Outcome.PRESENT
     assert len(apiserver.credentials) == 1
     assert (checkout / ".env").read_text() == env_before
+
+
+def test_conf_sends_model_weights_to_the_fileserver(checkout):
+    settings = load(checkout)
+    conf = ConfigFactory.parse_string(render_clearml_conf(settings, "KEY", "SECRET"))  # as the SDK reads it
+    assert conf.get("sdk.development.default_output_uri") == settings.clearml_files_url
+    assert conf.get("api.files_server") == settings.clearml_files_url
+
+
+def test_conf_sends_model_weights_to_a_configured_destination(checkout):
+    with open(checkout / ".env", "a") as env:
+        env.write("CLEARML_DEFAULT_OUTPUT_URI=s3://127.0.0.1:9000/clearml-models\n")
+    conf = ConfigFactory.parse_string(render_clearml_conf(load(checkout), "KEY", "SECRET"))
+    assert conf.get("sdk.development.default_output_uri") == "s3://127.0.0.1:9000/clearml-models"
 
 
 def test_stale_credentials_are_replaced(checkout, apiserver):

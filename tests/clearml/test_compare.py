@@ -203,3 +203,18 @@ def test_compare_models_metadata_column_is_typed(clearml_server):
         "scaled": False,
         "model": "ridge",
     }
+
+
+def test_numpy_metrics_are_registered_as_python_numbers():
+    import numpy as np
+
+    from mlstack.tracking.clearml.registry import set_typed_metadata
+
+    recorded = {}
+
+    class RecordingModel:
+        def set_metadata(self, key, value, v_type):
+            recorded[key] = (value, v_type)
+
+    set_typed_metadata(RecordingModel(), {"rmse": np.float64(3.5), "trees": np.int64(100), "name": "ridge"})
+    assert recorded == {"rmse": ("3.5", "float"), "trees": ("100", "int"), "name": ("ridge", "str")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 
 from mlstack.tracking.clearml import connection
 from mlstack.tracking.clearml.errors import ClearMLConfigError, ClearMLUnavailableError
-from mlstack.tracking.clearml.offline import pending_sessions, sync_offline_sessions
+from mlstack.tracking.clearml.offline import pending_sessions, scan_sessions, sessions_dir, sync_offline_sessions
 from mlstack.tracking.clearml.tracker import FAILED_TAG, ClearMLTracker
 
 CFG = {"clearml": {"project": "housing", "tags": ["baseline"]}, "model": {"name": "ridge", "alpha": 0.5}}
@@ -100,7 +101,23 @@ def test_registered_model_keeps_weights_name_and_metadata(session):
     assert model["id"] == session["model_id"]
     assert model["init"]["name"] == "housing-ridge"
     assert model["init"]["config_dict"] == {"val_rmse": 3.9}
-    assert Path(model["weights"]["weights_filename"]).read_bytes() == b"ridge weights"
+    weights = Path(model["weights"]["weights_filename"])
+    assert weights.parent == session["folder"] / "models", "the session carries its own copy of the weights"
+    assert weights.read_bytes() == b"ridge weights"
+
+
+def test_registered_model_records_where_sync_uploads_its_weights(session):
+    (model,) = task_json(session)["offline_output_models"]
+    assert model["output_uri"] == session["settings"].clearml_files_url
+
+
+def test_an_open_session_is_locked_until_its_zip_is_written(isolated_sdk):
+    settings = make_settings(isolated_sdk / "locked")
+    with ClearMLTracker(CFG, stage="train", settings=settings) as tracker:
+        assert scan_sessions(settings) == ([], [tracker.task_id]), "sync must leave an open session alone"
+    (closed,), still_open = scan_sessions(settings)
+    assert (closed.id, closed.closed, still_open) == (tracker.task_id, True, [])
+    assert not list(sessions_dir(settings).glob("*.lock"))
 
 
 def test_failing_block_marks_the_task_failed_and_reraises(isolated_sdk, caplog, monkeypatch):
@@ -124,14 +141,27 @@ def test_failing_block_marks_the_task_failed_and_reraises(isolated_sdk, caplog, 
     ("cfg", "expected"),
     [
         ("housing", "cfg must be a dict or an OmegaConf DictConfig, got str"),
-        ({"model": "ridge"}, "cfg has no clearml.project"),
-        ({"clearml": {"project": ""}}, "add `clearml: {project: <project name>}`"),
+        ({"clearml": "housing"}, "cfg's clearml section must be a mapping, got str"),
+        ({"clearml": {"project": ""}}, "clearml.project must be a non-empty string, got ''"),
+        ({"clearml": {"project": 42}}, "clearml.project must be a non-empty string, got 42"),
         ({"clearml": {"project": "p", "tags": "a,b"}}, "clearml.tags must be a list of strings, got 'a,b'"),
     ],
 )
 def test_bad_config_is_refused_with_the_fix(cfg, expected, isolated_sdk):
-    with pytest.raises(ClearMLConfigError, match=expected.replace("{", r"\{").replace("}", r"\}").replace("`", "`")):
+    with pytest.raises(ClearMLConfigError, match=re.escape(expected)):
         ClearMLTracker(cfg, stage="train", settings=make_settings(isolated_sdk / "bad"))
+
+
+@pytest.mark.parametrize("cfg", [{"model": "ridge"}, {"clearml": None}, {"clearml": {"tags": ["baseline"]}}])
+def test_config_without_a_project_uses_the_default_project(cfg, isolated_sdk):
+    tracker = ClearMLTracker(cfg, stage="train", settings=make_settings(isolated_sdk / "default"))
+    assert tracker.project_name == "mlstack"
+
+
+def test_default_project_comes_from_the_environment(isolated_sdk, monkeypatch):
+    monkeypatch.setenv("CLEARML_DEFAULT_PROJECT", "housing-team")
+    tracker = ClearMLTracker({"model": "ridge"}, stage="train", settings=make_settings(isolated_sdk / "default"))
+    assert tracker.project_name == "housing-team"
 
 
 def test_unknown_task_type_lists_the_valid_ones(isolated_sdk):
@@ -164,15 +194,15 @@ def test_methods_outside_the_with_block_say_how_to_use_it(isolated_sdk):
         tracker.log_text("hello")
 
 
-# --- sync of offline sessions (bookkeeping with a recording importer; the upload itself is docker-tier) ---
+# --- sync of offline sessions (bookkeeping with a recording importer; uploads: test_offline_sync.py) ---
 
 
 def test_sync_uploads_each_closed_session_once_and_marks_it(session):
     settings = session["settings"]
     imported = []
 
-    def importer(session_zip):
-        imported.append(session_zip)
+    def importer(offline_session, _settings):
+        imported.append(offline_session.source)
         return f"server-{len(imported)}"
 
     first = sync_offline_sessions(settings, importer=importer)
@@ -194,12 +224,12 @@ def test_a_failing_upload_keeps_the_session_pending(isolated_sdk, session):
     offline.mkdir(parents=True)
     shutil.copy(session["folder"].with_suffix(".zip"), offline / "offline-abc.zip")
 
-    def broken(_):
+    def broken(offline_session, _settings):
         raise ConnectionError("server went away")
 
     report = sync_offline_sessions(settings, importer=broken)
     assert report.failed == {"offline-abc": "ConnectionError: server went away"}
-    assert [path.name for path in pending_sessions(settings)] == ["offline-abc.zip"]
+    assert [s.source.name for s in pending_sessions(settings)] == ["offline-abc.zip"]
 
 
 def test_sync_without_a_server_says_what_to_do(isolated_sdk):

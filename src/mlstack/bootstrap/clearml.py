@@ -84,11 +84,12 @@ def _credentials_work(api: ClearMLApi, access_key: str, secret_key: str) -> bool
 
 
 def render_clearml_conf(settings: Settings, access_key: str, secret_key: str) -> str:
-    """The client clearml.conf for these credentials and the stack's URLs."""
+    """The client clearml.conf for these credentials, the stack's URLs and the output destination."""
     return Template(CONF_TEMPLATE.read_text(encoding="utf-8")).substitute(
         api_host=settings.clearml_api_url,
         web_host=settings.clearml_web_url,
         files_host=settings.clearml_files_url,
+        output_uri=settings.clearml_output_destination,
         access_key=access_key,
         secret_key=secret_key,
     )

@@ -6,7 +6,7 @@ import logging
 import os
 
 import requests
-from clearml import Task
+from clearml import OutputModel, Task
 
 from mlstack.settings import Settings
 from mlstack.tracking.clearml.errors import ClearMLUnavailableError
@@ -29,7 +29,6 @@ def server_problem(settings: Settings, timeout: float = 3.0) -> str | None:
 
 def use_server(settings: Settings) -> None:
     """Send SDK calls to the configured server with the bootstrap-created client credentials."""
-    Task.set_offline(False)
     Task.set_credentials(
         api_host=settings.clearml_api_url,
         web_host=settings.clearml_web_url,
@@ -37,14 +36,19 @@ def use_server(settings: Settings) -> None:
         key=settings.clearml_api_access_key,
         secret=settings.clearml_api_secret_key.get_secret_value(),
     )
+    # After the credentials: going online reconnects the sessions this process opened offline.
+    Task.set_offline(False)
 
 
 def use_offline(settings: Settings, reason: str) -> None:
-    """Store sessions under the state folder (CLEARML_CACHE_DIR) and say so once per process."""
+    """Store sessions under the state folder (CLEARML_CACHE_DIR) and say so once per process.
+
+    Models registered offline record the output destination, where sync uploads their weights."""
     global _announced_offline
     settings.clearml_offline_path.mkdir(parents=True, exist_ok=True)
     os.environ["CLEARML_CACHE_DIR"] = str(settings.clearml_offline_path)
     Task.set_offline(True)
+    OutputModel.set_default_upload_uri(settings.clearml_output_destination)
     if not _announced_offline:
         _announced_offline = True
         log.warning(

@@ -11,3 +11,11 @@ class ClearMLConfigError(MlstackError, ValueError):
 
 class ClearMLUnavailableError(MlstackError):
     """The operation needs a ClearML server and none is configured or answering."""
+
+
+class ClearMLUploadError(MlstackError):
+    """Model weights could not be uploaded to the output destination."""
+
+
+class ClearMLSyncError(MlstackError):
+    """An offline session was not imported completely; the next sync imports it again."""

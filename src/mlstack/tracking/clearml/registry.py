@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from clearml import Model, OutputModel, Task
+from clearml.model import BaseModel
 
 from mlstack.settings import Settings
 from mlstack.tracking.clearml.connection import require_server
-from mlstack.tracking.clearml.errors import ClearMLConfigError
+from mlstack.tracking.clearml.errors import ClearMLConfigError, ClearMLUploadError
 
 
 def register_model(
@@ -24,11 +26,15 @@ def register_model(
     settings: Settings | None = None,
 ) -> str:
     """A new version of `model_name` from a weights file, attached to `task_id` (or a new
-    registration task); returns the model id."""
+    registration task); returns the model id.
+
+    The weights are uploaded to `settings.clearml_output_destination` (the fileserver unless
+    CLEARML_DEFAULT_OUTPUT_URI says otherwise) before this returns."""
     path = Path(model_path)
     if not path.is_file():
         raise ClearMLConfigError(f"model file {path} does not exist: save the model before registering it")
-    require_server(settings or Settings.load())
+    settings = settings or Settings.load()
+    require_server(settings)
     task = (
         Task.get_task(task_id=task_id)
         if task_id
@@ -36,10 +42,31 @@ def register_model(
     )
     metadata = dict(metadata or {})
     model = OutputModel(task=task, name=model_name, tags=tags, config_dict=metadata or None)
-    model.update_weights(weights_filename=str(path), auto_delete_file=False, async_enable=False)
-    for key, value in metadata.items():
-        model.set_metadata(key, str(value), v_type=type(value).__name__)
+    upload_weights(model, path, settings.clearml_output_destination)
+    set_typed_metadata(model, metadata)
     return model.id
+
+
+def upload_weights(model: OutputModel, path: Path, destination: str) -> str:
+    """Upload the weights to `destination` before returning their URL (never a local file:// one)."""
+    try:
+        return model.update_weights(
+            weights_filename=str(path), upload_uri=destination, auto_delete_file=False, async_enable=False
+        )
+    except ValueError as error:  # what the SDK's storage drivers raise for a refused upload
+        raise ClearMLUploadError(
+            f"uploading {path} (model {model.name!r}) to {destination} failed: {error}. Check that the destination "
+            "answers (`mlstack status` for the fileserver) or set CLEARML_DEFAULT_OUTPUT_URI"
+        ) from error
+
+
+def set_typed_metadata(model: BaseModel, metadata: Mapping[str, Any]) -> None:
+    """Each entry as registry metadata, typed by its Python type (float, int, str, ...); numpy numbers
+    (what scikit-learn's metrics return) are stored as the Python numbers they hold."""
+    for key, value in metadata.items():
+        if isinstance(value, numbers.Number) and hasattr(value, "item"):  # numpy; Python numbers have no .item
+            value = value.item()
+        model.set_metadata(key, str(value), v_type=type(value).__name__)
 
 
 def list_models(

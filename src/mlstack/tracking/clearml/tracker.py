@@ -18,9 +18,9 @@ from clearml import OutputModel, Task
 from mlstack.settings import Settings
 from mlstack.tracking.clearml.connection import server_problem, use_offline, use_server
 from mlstack.tracking.clearml.errors import ClearMLConfigError
+from mlstack.tracking.clearml.offline import FAILED_TAG, SessionLock, sessions_dir
+from mlstack.tracking.clearml.registry import set_typed_metadata, upload_weights
 
-#: Tag carried by tasks whose block raised; offline sessions keep it so `sync` can mark them failed.
-FAILED_TAG = "mlstack:failed"
 TASK_TYPES = tuple(task_type.value for task_type in Task.TaskTypes)
 
 
@@ -38,17 +38,26 @@ def config_to_dict(cfg: Any) -> dict:
     return dict(cfg)
 
 
-def _project_settings(cfg: dict) -> dict:
+def _project_settings(cfg: dict, default_project: str) -> dict:
+    """The clearml section, with `project` set to `default_project` when the config names none."""
     section = cfg.get("clearml")
-    if not isinstance(section, Mapping) or not isinstance(section.get("project"), str) or not section["project"]:
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
         raise ClearMLConfigError(
-            f"cfg has no clearml.project (clearml section: {section!r:.80}): "
-            "add `clearml: {project: <project name>}` to the config"
+            f"cfg's clearml section must be a mapping, got {type(section).__name__} ({section!r:.80}): "
+            "e.g. `clearml: {project: <project name>}`"
+        )
+    section = {"project": default_project, **section} if section.get("project") is None else dict(section)
+    if not isinstance(section["project"], str) or not section["project"].strip():
+        raise ClearMLConfigError(
+            f"clearml.project must be a non-empty string, got {section['project']!r}: "
+            "set `clearml: {project: <project name>}`, or leave it out to use CLEARML_DEFAULT_PROJECT"
         )
     tags = section.get("tags") or []
     if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
         raise ClearMLConfigError(f"clearml.tags must be a list of strings, got {tags!r}: e.g. tags: [baseline]")
-    return dict(section)
+    return section
 
 
 def _check_name(kind: str, name: Any) -> str:
@@ -60,11 +69,12 @@ def _check_name(kind: str, name: Any) -> str:
 class ClearMLTracker:
     """Track one stage (`prepare`, `train`, ...) of an ML workflow as a ClearML task.
 
-    `cfg` is the run configuration (dict or DictConfig) with a `clearml` section: `project`
-    (required), optional `task_name` (default: the stage), `tags`, `offline` (force offline) and
+    `cfg` is the run configuration (dict or DictConfig) with an optional `clearml` section: `project`
+    (default: CLEARML_DEFAULT_PROJECT), `task_name` (default: the stage), `tags`, `offline` (force offline) and
     `detect_repository` (default false: with clearml 2.1.12 the background git scan can stall
     `close()` for minutes once a process has run a task; set true to record the repository).
-    The whole configuration is attached to the task as its "config" configuration object.
+    The whole configuration is attached to the task as its "config" configuration object. Model
+    weights are uploaded to `settings.clearml_output_destination` (offline: on `mlstack clearml sync`).
     """
 
     def __init__(
@@ -80,50 +90,67 @@ class ClearMLTracker:
         if task_type not in TASK_TYPES:
             raise ClearMLConfigError(f"task_type {task_type!r} is not a ClearML task type: use one of {TASK_TYPES}")
         self.task_type = task_type
-        project = _project_settings(self.config)
+        self.settings = settings or Settings.load()
+        project = _project_settings(self.config, self.settings.clearml_default_project)
         self.project_name = project["project"]
         self.task_name = project.get("task_name") or stage
         self.tags = [stage, *project.get("tags", []), *(extra_tags or [])]
         self.force_offline = bool(project.get("offline", False))
         self.detect_repository = bool(project.get("detect_repository", False))
-        self.settings = settings or Settings.load()
         self.task: Task | None = None
         self.offline = False
+        self._session_lock: SessionLock | None = None
 
     def __enter__(self) -> ClearMLTracker:
         problem = "offline mode requested in clearml.offline" if self.force_offline else server_problem(self.settings)
         self.offline = problem is not None
         if self.offline:
             use_offline(self.settings, problem)
+            self._session_lock = SessionLock(sessions_dir(self.settings))
         else:
             use_server(self.settings)
-        self.task = Task.init(
-            project_name=self.project_name,
-            task_name=self.task_name,
-            task_type=self.task_type,
-            tags=self.tags,
-            reuse_last_task_id=False,
-            auto_resource_monitoring=False,
-            auto_connect_arg_parser=False,
-            auto_connect_frameworks={"detect_repository": self.detect_repository},
-        )
-        self.task.connect_configuration(self.config, name="config")
+        try:
+            self.task = Task.init(
+                project_name=self.project_name,
+                task_name=self.task_name,
+                task_type=self.task_type,
+                tags=self.tags,
+                reuse_last_task_id=False,
+                output_uri=self.settings.clearml_output_destination,  # offline, the SDK records none
+                auto_resource_monitoring=False,
+                auto_connect_arg_parser=False,
+                auto_connect_frameworks={"detect_repository": self.detect_repository},
+            )
+            if self._session_lock:
+                self._session_lock.name_session(self.task.id)
+            self.task.connect_configuration(self.config, name="config")
+        except BaseException:
+            self._release_session_lock()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         task = self._require_task()
-        if exc is None:
-            task.close()
-            return
-        reason = f"{exc_type.__name__}: {exc}"
-        task.get_logger().report_text("".join(traceback.format_exception(exc_type, exc, tb)))
-        if self.offline:
-            # Offline sessions keep no status: the tag carries it to the server on sync.
-            task.add_tags([FAILED_TAG])
-            task.close()
-        else:
-            task.close()
-            task.mark_failed(status_reason=reason, status_message=reason, force=True)
+        try:
+            if exc is None:
+                task.close()
+                return
+            reason = f"{exc_type.__name__}: {exc}"
+            task.get_logger().report_text("".join(traceback.format_exception(exc_type, exc, tb)))
+            if self.offline:
+                # Offline sessions keep no status: the tag carries it to the server on sync.
+                task.add_tags([FAILED_TAG])
+                task.close()
+            else:
+                task.close()
+                task.mark_failed(status_reason=reason, status_message=reason, force=True)
+        finally:
+            self._release_session_lock()
+
+    def _release_session_lock(self) -> None:
+        if self._session_lock:
+            self._session_lock.release()
+            self._session_lock = None
 
     @property
     def task_id(self) -> str:
@@ -171,21 +198,26 @@ class ClearMLTracker:
     def register_model(self, model_path: str | Path, model_name: str, metadata: Mapping[str, Any] | None = None) -> str:
         """Register the weights file as a new version of `model_name`; returns the model id.
 
-        `metadata` (e.g. metrics) is stored as the model's configuration, which offline sessions
-        keep, and online also as typed registry metadata.
+        Online the weights are uploaded to the output destination before this returns. Offline
+        the session keeps a copy, uploaded by `mlstack clearml sync`. `metadata` (e.g. metrics)
+        becomes the model's configuration and typed registry metadata (offline: on sync).
         """
         _check_name("model_name", model_name)
         path = Path(model_path)
         if not path.is_file():
             raise ClearMLConfigError(f"model file {path} does not exist: save the model before registering it")
         metadata = dict(metadata or {})
-        model = OutputModel(task=self._require_task(), name=model_name, tags=[self.stage], config_dict=metadata or None)
+        task = self._require_task()
+        model = OutputModel(task=task, name=model_name, tags=[self.stage], config_dict=metadata or None)
         if self.offline:
             # clearml 2.1.12 offline: OutputModel's placeholder lacks `locked`, so update_weights fails
             # asking whether the model is published. A new model never is.
             model._get_base_model().update(locked=False)
-        model.update_weights(weights_filename=str(path), auto_delete_file=False)
-        if not self.offline:
-            for key, value in metadata.items():
-                model.set_metadata(key, str(value), v_type=type(value).__name__)
+            model.update_weights(weights_filename=str(path), auto_delete_file=False)
+            # The SDK writes registered models to the session's task.json only on the task's next
+            # edit: make one now, so the session of a process killed later still has the model.
+            task.add_tags([])
+            return model.id
+        upload_weights(model, path, self.settings.clearml_output_destination)
+        set_typed_metadata(model, metadata)
         return model.id
