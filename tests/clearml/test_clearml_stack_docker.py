@@ -1,9 +1,13 @@
 """The ClearML stack for real (docker tier): infra/clearml up with the agent, then bootstrap,
-online tracking, registry, offline sync, the pipeline on the agent and refused logins."""
+online tracking, the registry from a second client, dataset chains, offline sync with a registered
+model, the pipeline locally and on the agent (its files opened from the host), refused logins."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,28 +128,103 @@ def test_tracker_logs_online_and_the_model_is_found(bootstrapped, tmp_path):
     assert float(models.set_index("model_id").loc[model_id, "val_rmse"]) == pytest.approx(4.2)
 
 
-def test_offline_session_syncs_once(bootstrapped):
-    from clearml import Task
+def test_offline_session_with_a_registered_model_syncs_once(bootstrapped, tmp_path):
+    from clearml import Model, Task
 
     from mlstack.tracking.clearml import ClearMLTracker, sync_offline_sessions
 
+    weights = tmp_path / "offline.joblib"
+    weights.write_bytes(b"offline weights")
     cfg = {"clearml": {"project": "mlstack-docker-test", "offline": True}}
     with ClearMLTracker(cfg, stage="offline-train", settings=bootstrapped) as tracker:
         tracker.log_metrics({"val_rmse": 3.3}, series="validation", iteration=0)
+        tracker.register_model(weights, "docker-test-offline", metadata={"val_rmse": 3.3, "trees": 10})
     report = sync_offline_sessions(bootstrapped)
+    assert report.failed == {}
     server_id = report.synced[tracker.task_id]
     scalars = Task.get_task(task_id=server_id).get_last_scalar_metrics()
     assert scalars["val_rmse"]["validation"]["last"] == pytest.approx(3.3)
+    (model,) = Model.query_models(project_name="mlstack-docker-test", model_name="docker-test-offline")
+    assert model.url.startswith(bootstrapped.clearml_files_url)
     assert sync_offline_sessions(bootstrapped).synced == {}
+    assert len(Task.get_tasks(project_name="mlstack-docker-test", task_name="offline-train")) == 1
 
 
-def test_pipeline_runs_to_completion_on_the_agent(bootstrapped):
+#: Run by a second Python process with its own empty SDK cache: another machine, as far as the SDK sees.
+_LOAD_ELSEWHERE = """
+import sys
+from mlstack.settings import Settings
+from mlstack.tracking.clearml.registry import load_model
+print(open(load_model(sys.argv[1], settings=Settings.load()), "rb").read().decode())
+"""
+
+
+def test_registered_weights_load_from_a_second_client_after_the_file_is_gone(bootstrapped, checkout, tmp_path):
+    from mlstack.tracking.clearml.registry import register_model
+
+    weights = tmp_path / "second-client.joblib"
+    weights.write_bytes(b"weights seen elsewhere")
+    register_model(weights, "docker-test-second-client", "mlstack-docker-test", settings=bootstrapped)
+    weights.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    env = {
+        **os.environ,
+        "HOME": str(elsewhere),
+        "CLEARML_CACHE_DIR": str(elsewhere / "cache"),
+        "MLSTACK_PROJECT_DIR": str(checkout),
+        "MLSTACK_STATE_DIR": str(checkout / "state"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_ELSEWHERE, "docker-test-second-client"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("weights seen elsewhere")
+
+
+def test_dataset_versions_chain_each_to_the_one_before(bootstrapped, tmp_path):
+    from clearml import Dataset
+
+    from mlstack.tracking.clearml.datasets import create_dataset_version, list_dataset_versions
+
+    name = "sales (v2)+eu.*"  # regex characters must not match other datasets or fail to match itself
+    ids = []
+    for number in range(3):
+        data = tmp_path / f"v{number}"
+        data.mkdir()
+        (data / "rows.csv").write_text(f"id,value\n{number},{number * 10}\n")
+        ids.append(create_dataset_version(name, "mlstack-docker-test", [data], settings=bootstrapped))
+    assert list(Dataset.get(dataset_id=ids[1])._get_parents()) == [ids[0]]
+    assert list(Dataset.get(dataset_id=ids[2])._get_parents()) == [ids[1]]
+    assert list(list_dataset_versions("mlstack-docker-test", name, settings=bootstrapped)["id"]) == ids[::-1]
+
+
+PIPELINE_STEPS = {"prepare", "train_linear", "train_ridge", "train_random_forest", "select_best", "evaluate"}
+
+
+@pytest.mark.parametrize("where", ["local", "agent"])
+def test_pipeline_runs_to_completion(bootstrapped, where):
     from mlstack.tracking.clearml.monitoring import read_pipeline_status
     from mlstack.tracking.clearml.pipeline import run_pipeline
 
-    pipeline_id = run_pipeline(bootstrapped, project="mlstack-docker-test", where="agent")
+    pipeline_id = run_pipeline(bootstrapped, project=f"mlstack-docker-test-{where}", where=where)
     status = read_pipeline_status(pipeline_id)
     assert status.status == "completed", status
-    expected = {"prepare", "train_linear", "train_ridge", "train_random_forest", "select_best", "evaluate"}
-    assert expected <= set(status.steps)
-    assert all(status.steps[name] == "completed" for name in expected), status.steps
+    assert set(status.steps) >= PIPELINE_STEPS
+    assert all(status.steps[name] == "completed" for name in PIPELINE_STEPS), status.steps
+
+
+def test_files_the_agent_uploaded_open_from_the_host(bootstrapped):
+    """Step outputs the agent uploaded are recorded under the host's files URL and download from here."""
+    from clearml import Task
+
+    tasks = Task.get_tasks(project_name="mlstack-docker-test-agent", task_name="prepare")
+    assert tasks, "run the agent pipeline test first (same module)"
+    urls = [artifact.url for task in tasks for artifact in task.artifacts.values() if artifact.url]
+    assert urls and all(url.startswith(bootstrapped.clearml_files_url) for url in urls), urls
+    token = requests.post(
+        f"{bootstrapped.clearml_api_url}/auth.login",
+        auth=(bootstrapped.clearml_api_access_key, bootstrapped.clearml_api_secret_key.get_secret_value()),
+        timeout=10,
+    ).json()["data"]["token"]
+    response = requests.get(urls[0], headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert response.status_code == 200 and response.content
