@@ -68,7 +68,10 @@ print("metrics:", json.dumps(step("evaluate")["evaluate"](best=best, data=data))
 def test_step_scripts_run_the_pipeline_on_real_data(built_scripts, tmp_path, isolated_sdk):
     for name, script in built_scripts.items():
         (tmp_path / f"{name}.py").write_text(script)
-    env = {**os.environ, "CLEARML_OFFLINE_MODE": "1", "PYTHONPATH": ""}
+    # A fresh process as the agent starts one: none of the SDK's variables that an earlier task in this
+    # process exported (CLEARML_PROC_MASTER_ID would make Task.init defer to that task).
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CLEARML_", "TRAINS_"))}
+    env.update(CLEARML_OFFLINE_MODE="1", CLEARML_CACHE_DIR=str(isolated_sdk / "steps-cache"), PYTHONPATH="")
     result = subprocess.run(
         [sys.executable, "-c", _RUN_STEPS, str(tmp_path), ",".join(MODEL_KINDS)],
         cwd=tmp_path,  # not the checkout: nothing of mlstack's source is importable by accident
