@@ -35,21 +35,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def scratch_stack_env() -> dict[str, str]:
+    """.env values for a scratch stack: free ports, and the repo's built tools (built once, not per test)."""
+    return {
+        "POSTGRES_PORT": str(free_port()),
+        "MINIO_API_PORT": str(free_port()),
+        "MINIO_CONSOLE_PORT": str(free_port()),
+        "MLFLOW_PORT": str(free_port()),
+        "MLSTACK_TOOLS_DIR": str(Settings.load(REPO).tools_path),
+    }
+
+
 def make_project(root: Path) -> Settings:
     """A scratch checkout: .env.example from the repo, a generated .env, free ports, the repo's tools."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / ".env.example", root / ".env.example")
     init_env(root / ".env", root / ".env.example", [name.upper() for name in SECRET_FIELDS])
-    update_env(
-        root / ".env",
-        {
-            "POSTGRES_PORT": str(free_port()),
-            "MINIO_API_PORT": str(free_port()),
-            "MINIO_CONSOLE_PORT": str(free_port()),
-            "MLFLOW_PORT": str(free_port()),
-            "MLSTACK_TOOLS_DIR": str(Settings.load(REPO).tools_path),
-        },
-    )
+    update_env(root / ".env", scratch_stack_env())
     return Settings.load(root)
 
 

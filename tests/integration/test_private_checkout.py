@@ -20,7 +20,7 @@ from rich.console import Console
 from mlstack.envfile import update_env
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.settings import Settings
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, scratch_stack_env
 
 pytestmark = pytest.mark.integration
 STACK = ("--runtime", "native", "--stack", "mlflow")
@@ -53,16 +53,7 @@ def private_clone() -> Iterator[Path]:
     clone = parent / "mlstack"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
     assert mlstack(clone, "init").returncode == 0
-    update_env(
-        clone / ".env",
-        {
-            "POSTGRES_PORT": str(free_port()),
-            "MINIO_API_PORT": str(free_port()),
-            "MINIO_CONSOLE_PORT": str(free_port()),
-            "MLFLOW_PORT": str(free_port()),
-            "MLSTACK_TOOLS_DIR": str(Settings.load(REPO).tools_path),  # built once, not per test
-        },
-    )
+    update_env(clone / ".env", scratch_stack_env())
     runtime = NativeRuntime(Settings.load(clone), Console(stderr=True))
     try:
         yield clone
