@@ -1,8 +1,9 @@
 # mlstack. Two commands on a fresh machine: `make up` and `make test`; each sets itself up
 # (virtual environment, Python dependencies, and the native runtime's binaries where needed).
-#
+# Then `make demo`: first experiments (train, compare, register), on the stack or without one.
 #   make up [STACK=all|mlflow|clearml] [RUNTIME=auto|docker|native]
 #   make down | make status | make bootstrap-credentials
+#   make demo
 #   make test | make lint
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ BIN := $(VENV)/bin
 MLSTACK := $(BIN)/mlstack
 STACK_ARGS := --stack $(STACK) --runtime $(RUNTIME)
 
-.PHONY: help venv init up down status bootstrap-credentials install-tools test lint
+.PHONY: help venv init up down status bootstrap-credentials install-tools demo test lint
 
 help:
 	@sed -n '1,8p' Makefile
@@ -43,6 +44,9 @@ bootstrap-credentials: venv
 
 install-tools: venv
 	$(MLSTACK) install-tools --compose
+
+demo: venv
+	$(MLSTACK) demo
 
 test: install-tools
 	$(BIN)/python -m pytest

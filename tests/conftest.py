@@ -46,6 +46,14 @@ def scratch_stack_env() -> dict[str, str]:
     }
 
 
+def user_environment(home: Path) -> dict[str, str]:
+    """This process's environment without what tests and the SDKs set in it (MLFLOW_*, CLEARML_* and
+    its legacy TRAINS_*, MLSTACK_*), as in a user's shell, with HOME at `home`."""
+    dropped = ("MLFLOW_", "CLEARML_", "TRAINS_", "MLSTACK_")
+    env = {name: value for name, value in os.environ.items() if not name.startswith(dropped)}
+    return {**env, "HOME": str(home), "COLUMNS": "160"}
+
+
 def make_project(root: Path) -> Settings:
     """A scratch checkout: .env.example from the repo, a generated .env, free ports, the repo's tools."""
     root.mkdir(parents=True, exist_ok=True)
@@ -91,3 +99,29 @@ def mlflow_stack() -> Iterator[LiveStack]:
         stack.stop()
         stack.remove_data()
         shutil.rmtree(root, ignore_errors=True)
+
+
+#: What the ClearML SDK reads from the environment, and the backends `mlstack.tracking.track` uses.
+CLEARML_SDK_VARIABLES = (
+    "CLEARML_API_HOST",
+    "CLEARML_WEB_HOST",
+    "CLEARML_FILES_HOST",
+    "CLEARML_API_ACCESS_KEY",
+    "CLEARML_API_SECRET_KEY",
+    "CLEARML_CONFIG_FILE",
+    "CLEARML_OFFLINE_MODE",
+    "MLSTACK_TRACKERS",
+)
+
+
+@pytest.fixture(scope="module")
+def isolated_sdk(tmp_path_factory):
+    """For the module: the ClearML SDK's HOME and CLEARML_CACHE_DIR in a tmp folder (yielded), none of
+    its variables set (nor MLSTACK_TRACKERS)."""
+    root = tmp_path_factory.mktemp("clearml-sdk")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(root / "home"))
+        patch.setenv("CLEARML_CACHE_DIR", str(root / "cache"))
+        for name in CLEARML_SDK_VARIABLES:
+            patch.delenv(name, raising=False)
+        yield root

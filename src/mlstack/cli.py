@@ -305,6 +305,15 @@ def pipeline_schedule(
     schedule_task(settings, task_id, cron, scheduler_queue=scheduler_queue)
 
 
+@app.command()
+def demo() -> None:
+    """Train, compare and register models on scikit-learn's diabetes data, tracked to MLflow and ClearML
+    (MLSTACK_TRACKERS); without a stack, to the local store and ClearML offline. Plots go to reports/demo/."""
+    from mlstack.demo import run_demo
+
+    run_demo(_settings(), console)
+
+
 @app.command("check-secrets")
 def check_secrets_command(
     stack: Annotated[StackName | None, typer.Option(help="Only this stack's secrets (default: all).")] = None,

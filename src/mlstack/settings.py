@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     metric_flush_interval_seconds: float = Field(default=0.5, gt=0, alias="MLSTACK_METRIC_FLUSH_INTERVAL_SECONDS")
     metric_flusher_threads: int = Field(default=2, ge=1, alias="MLSTACK_METRIC_FLUSHER_THREADS")
     metric_outage_budget_seconds: float = Field(default=300.0, gt=0, alias="MLSTACK_METRIC_OUTAGE_BUDGET_SECONDS")
+    #: Backends `mlstack.tracking.track` logs to, comma-separated (mlflow, clearml); empty: both.
+    trackers: str = Field(default="", alias="MLSTACK_TRACKERS")
 
     # --- ClearML server (infra/clearml) and its clients ---
     clearml_api_port: int = 8008

@@ -1,6 +1,7 @@
 """The ClearML stack for real (docker tier): infra/clearml up with the agent, then bootstrap,
 online tracking, the registry from a second client, dataset chains, offline sync with a registered
-model, the pipeline locally and on the agent (its files opened from the host), refused logins."""
+model, the pipeline locally and on the agent (its files opened from the host), `mlstack demo`,
+refused logins."""
 
 from __future__ import annotations
 
@@ -228,3 +229,32 @@ def test_files_the_agent_uploaded_open_from_the_host(bootstrapped):
     ).json()["data"]["token"]
     response = requests.get(urls[0], headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert response.status_code == 200 and response.content
+
+
+def test_demo_records_a_dataset_version_a_task_and_the_champion_in_clearml(bootstrapped, checkout, sdk_home):
+    """`mlstack demo` as a user runs it after `make up` and `make bootstrap-credentials` (MLflow here
+    goes to the local store: this module runs no MLflow stack)."""
+    from clearml import Model, Task
+
+    from mlstack.demo import ALIAS, EXPERIMENT, MODEL_NAME
+    from mlstack.tracking.clearml.datasets import list_dataset_versions
+    from tests.conftest import user_environment
+
+    demo = subprocess.run(
+        [sys.executable, "-m", "mlstack.cli", "demo"],
+        cwd=checkout,
+        env=user_environment(sdk_home),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "ClearML offline" not in demo.stdout + demo.stderr
+    tasks = Task.get_tasks(project_name=EXPERIMENT, task_filter={"status": ["completed"]})
+    (task,) = [task for task in tasks if task.name.startswith("demo ")]
+    lines = task.get_reported_scalars()["val_rmse"]
+    assert len(lines) == 10, sorted(lines)
+    assert {"plots/val_rmse_per_run.png", "plots/champion_residuals.png", "reports/runs.csv"} <= set(task.artifacts)
+    assert len(list_dataset_versions(EXPERIMENT, "diabetes", settings=bootstrapped)) == 1
+    (model,) = Model.query_models(project_name=EXPERIMENT, model_name=MODEL_NAME, only_published=False)
+    assert model.config_dict["alias"] == ALIAS and model.url.startswith(bootstrapped.clearml_files_url)

@@ -3,13 +3,15 @@
 The MLflow API is re-exported here (`from mlstack.tracking import ExperimentTracker`), and so are
 the ClearML tracker, comparisons and errors (`from mlstack.tracking import ClearMLTracker`). Those are
 loaded from `mlstack.tracking.clearml` on first access, so importing this package does not import
-the ClearML SDK; the rest of the ClearML API is imported from `mlstack.tracking.clearml`.
+the ClearML SDK; the rest of the ClearML API is imported from `mlstack.tracking.clearml`. `track`
+(`MultiTracker`) logs each call to both backends (`mlstack.tracking.multi`).
 """
 
 import importlib
 
 from mlstack.tracking.mlflow import *  # noqa: F403 - the public API is mlstack.tracking.mlflow.__all__
 from mlstack.tracking.mlflow import __all__ as _mlflow_names
+from mlstack.tracking.multi import MultiTracker, Tracker, track
 
 _CLEARML_NAMES = (
     "ClearMLConfigError",
@@ -20,7 +22,7 @@ _CLEARML_NAMES = (
     "compare_registered_models",
 )
 
-__all__ = [*_mlflow_names, *_CLEARML_NAMES]
+__all__ = [*_mlflow_names, "MultiTracker", "Tracker", "track", *_CLEARML_NAMES]
 
 
 def __getattr__(name: str):

@@ -18,7 +18,10 @@ _announced_offline = False
 def server_problem(settings: Settings, timeout: float = 3.0) -> str | None:
     """Why the configured ClearML server cannot be used, or None when it answers."""
     if not (settings.clearml_api_access_key and settings.clearml_api_secret_key):
-        return "no ClearML credentials are configured (CLEARML_API_ACCESS_KEY / CLEARML_API_SECRET_KEY)"
+        return (
+            "no ClearML credentials are configured (CLEARML_API_ACCESS_KEY / CLEARML_API_SECRET_KEY, "
+            "which `mlstack bootstrap` writes to .env)"
+        )
     url = f"{settings.clearml_api_url}/debug.ping"
     try:
         requests.get(url, timeout=timeout).raise_for_status()

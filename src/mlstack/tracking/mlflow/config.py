@@ -53,14 +53,18 @@ def setup_mlflow(
     experiment_name: str | None = None,
     tracking_uri: str | None = None,
     settings: Settings | None = None,
+    *,
+    local_store_reason: str | None = None,
 ) -> str:
     """Point mlflow (and every mlstack tracker) at one store and experiment; returns the tracking URI.
 
-    Arguments override `settings` (default: `Settings.load()`). Call it again to switch.
+    Arguments override `settings` (default: `Settings.load()`). Call it again to switch. With
+    `local_store_reason` (why the configured server is not used) the local store is used whatever
+    the settings say, and the one notice about the local store gives that reason.
     """
     global _config, _local_store_announced
     settings = settings or Settings.load()
-    uri = tracking_uri or settings.mlflow_tracking_uri
+    uri = None if local_store_reason else tracking_uri or settings.mlflow_tracking_uri
     is_local = uri is None
     if is_local:
         settings.state_path.mkdir(parents=True, exist_ok=True)
@@ -68,8 +72,9 @@ def setup_mlflow(
         if not _local_store_announced:
             _local_store_announced = True
             logger.warning(
-                "MLFLOW_TRACKING_URI is not set: tracking to the local store %s (no server). "
-                "Run `mlstack up` and set MLFLOW_TRACKING_URI in .env to use the stack.",
+                "%s: tracking to the local store %s (no server). To use the stack, run `mlstack up` "
+                "and `mlstack bootstrap` (which sets MLFLOW_TRACKING_URI in .env).",
+                local_store_reason or "MLFLOW_TRACKING_URI is not set",
                 uri,
             )
     if settings.mlflow_tracking_username and settings.mlflow_tracking_password:
