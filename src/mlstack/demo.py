@@ -7,13 +7,16 @@ RMSE -> evaluate it on the test split -> register it as a new version of `mlstac
 with the alias `champion` -> a comparison table, and plots that are run artifacts and files under
 reports/demo/.
 
-With no MLflow server (MLFLOW_TRACKING_URI unset, or its server not answering) runs go to the local
-store in the state folder; ClearML goes offline by itself. Each says so once.
+MLflow: MLFLOW_TRACKING_URI, or with none set this project's own server when it answers (right after
+`make up`); with no server answering, the local store in the state folder. ClearML goes offline by
+itself without a server or credentials. Each says so once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pandas as pd
 import requests
@@ -312,7 +316,8 @@ def _where_to_look(settings: Settings, result: DemoResult, parent: MultiTracker)
         experiment_id = current_config().experiment_id(EXPERIMENT)
         lines.append(f"MLflow UI: {result.tracking_uri}/#/experiments/{experiment_id}/runs/{mlflow_run}")
     elif mlflow_run:
-        lines.append(f"MLflow UI on the local store: mlflow ui --backend-store-uri {result.tracking_uri}")
+        mlflow_cli = Path(sys.executable).with_name("mlflow")
+        lines.append(f"MLflow UI on the local store: {mlflow_cli} ui --backend-store-uri {result.tracking_uri}")
     clearml = parent.backend("clearml")
     if clearml is not None:
         if clearml.offline:
@@ -328,11 +333,13 @@ def _where_to_look(settings: Settings, result: DemoResult, parent: MultiTracker)
 
 @contextmanager
 def _logs_on(console: Console) -> Iterator[None]:
-    """mlstack's notices (local store, ClearML offline, a backend failing) through `console`."""
+    """mlstack's notices (local store, ClearML offline, a backend failing) through `console`; not
+    MLflow's link to each of the runs (the summary gives the one to the parent run)."""
     handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
     package = logging.getLogger("mlstack")
     package.addHandler(handler)
     try:
-        yield
+        with mock.patch.dict(os.environ, {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}):
+            yield
     finally:
         package.removeHandler(handler)

@@ -46,6 +46,7 @@ def test_the_first_run_finds_the_projects_server_and_neither_uses_the_local_stor
     assert f"this project's MLflow server answers at {mlflow_stack.tracking_uri}" in after_up.replace("\n", " ")
     for output in demo_runs:
         assert "local store" not in output and "Traceback" not in output, output
+        assert "View run" not in output, "MLflow's link to each child run is noise under the progress bar"
         assert f"MLflow UI: {mlflow_stack.tracking_uri}/#/experiments/" in output
 
 
