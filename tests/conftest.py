@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from mlstack.bootstrap import run_steps
+from mlstack.bootstrap.mlflow import CLIENT_STEPS
 from mlstack.envfile import update_env
 from mlstack.errors import MissingToolError
 from mlstack.runtime.docker import engine_answers
@@ -94,7 +96,13 @@ def mlflow_stack() -> Iterator[LiveStack]:
         stack = NativeStack(settings, console)
     stack.start()
     try:
-        yield stack
+        # what `mlstack up` does next: the client settings and account in .env
+        run_steps(CLIENT_STEPS, settings, lambda result: None)
+        stack.settings = Settings.load(settings.project_dir)
+        with pytest.MonkeyPatch.context() as patch:  # a plain mlflow client logs in as the account
+            patch.setenv("MLFLOW_TRACKING_USERNAME", stack.settings.mlflow_tracking_username)
+            patch.setenv("MLFLOW_TRACKING_PASSWORD", stack.settings.mlflow_tracking_password.get_secret_value())
+            yield stack
     finally:
         stack.stop()
         stack.remove_data()

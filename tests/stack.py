@@ -32,6 +32,11 @@ class LiveStack:
         return self.settings.mlflow_url
 
     @property
+    def client_auth(self) -> tuple[str, str]:
+        """The client account `mlstack up` created (MLFLOW_TRACKING_USERNAME/PASSWORD in .env)."""
+        return self.settings.mlflow_tracking_username, self.settings.mlflow_tracking_password.get_secret_value()
+
+    @property
     def bucket(self) -> str:
         return self.settings.mlflow_artifact_bucket
 
@@ -178,9 +183,11 @@ class DockerStack(LiveStack):
         return subprocess.run(command, cwd=self.compose.context, capture_output=True, text=True, check=True).stdout
 
     def status_inside_network(self, url: str, host: str | None = None) -> int:
-        """The HTTP status a request from inside the compose network (the mlflow container) gets."""
+        """The HTTP status a request from inside the compose network (the mlflow container) gets, with
+        the client account's login."""
+        login = ":".join(self.client_auth)
         output, _, _ = self.compose.exec_in_container(
-            ["python", "-c", _REQUEST_STATUS, url, *([host] if host else [])], service_name="mlflow"
+            ["python", "-c", _REQUEST_STATUS, url, login, *([host] if host else [])], service_name="mlflow"
         )
         return int(output.strip())
 
@@ -199,10 +206,13 @@ for proc in pathlib.Path("/proc").glob("[0-9]*"):
 print(json.dumps(commands))
 """
 
-#: Run inside the server container: GET argv[1] (Host: argv[2] if given) and print the status.
+#: Run inside the server container: GET argv[1] as the login argv[2] (Host: argv[3] if given), print the status.
 _REQUEST_STATUS = """
-import sys, urllib.error, urllib.request
-request = urllib.request.Request(sys.argv[1], headers={"Host": sys.argv[2]} if len(sys.argv) > 2 else {})
+import base64, sys, urllib.error, urllib.request
+headers = {"Authorization": "Basic " + base64.b64encode(sys.argv[2].encode()).decode()}
+if len(sys.argv) > 3:
+    headers["Host"] = sys.argv[3]
+request = urllib.request.Request(sys.argv[1], headers=headers)
 try:
     print(urllib.request.urlopen(request, timeout=10).status)
 except urllib.error.HTTPError as error:

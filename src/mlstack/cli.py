@@ -12,8 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlstack.bootstrap import MINIO_STEPS, MLFLOW_STACK_STEPS, Outcome, run_steps
+from mlstack.bootstrap import MINIO_STEPS, MLFLOW_STACK_STEPS, Outcome, StepResult, run_steps
 from mlstack.bootstrap.clearml import clearml_steps
+from mlstack.bootstrap.database import DATABASE_STEPS
+from mlstack.bootstrap.mlflow import CLIENT_STEPS, WRITER_PERMISSION, MlflowUsers
 from mlstack.bootstrap.preflight import require_mlflow_stack
 from mlstack.doctor import check_max_map_count
 from mlstack.errors import MlstackError, ProjectNotFoundError, RuntimeUnavailableError
@@ -36,6 +38,10 @@ pipeline_app = typer.Typer(
     no_args_is_help=True,
 )
 clearml_app.add_typer(pipeline_app, name="pipeline")
+user_app = typer.Typer(
+    help="People's MLflow accounts (basic-auth), managed as the admin of .env.", no_args_is_help=True
+)
+app.add_typer(user_app, name="user")
 WhereOption = Annotated[
     Literal["local", "agent"], typer.Option(help="local: steps run here; agent: on the queue the agent serves.")
 ]
@@ -95,6 +101,8 @@ def up(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
             console.print(f"[yellow]warning:[/] {problem}")
         if chosen.up():
             console.print(f"[bold green]{chosen.stack} stack is up ({chosen.name})[/]")
+        if chosen.stack == "mlflow":
+            run_steps(CLIENT_STEPS, settings, _report_step)
     console.print(f"MLflow tracking server: {settings.mlflow_url}")
 
 
@@ -127,9 +135,15 @@ def bootstrap(
     storage_only: Annotated[
         bool, typer.Option(help="Only the MinIO steps (the compose stack's storage-bootstrap service).")
     ] = False,
+    database_only: Annotated[
+        bool, typer.Option(help="Only the PostgreSQL steps (the compose stack's database-bootstrap service).")
+    ] = False,
 ) -> None:
-    """Ordered, idempotent steps against the running stacks: MLflow's bucket, policy, server account and
-    client settings; ClearML's client credentials, clearml.conf and default queue."""
+    """Ordered, idempotent steps against the running stacks: MLflow's bucket, policy, server account,
+    client settings and client account; ClearML's client credentials, clearml.conf and default queue."""
+    if database_only:
+        run_steps(DATABASE_STEPS, _settings(), _report_step)
+        return
     settings = _settings() if storage_only else _project_settings()
     steps = []
     if stack != "clearml":
@@ -143,9 +157,13 @@ def bootstrap(
             if stack == "clearml":
                 raise MlstackError(f"{problem}: start it with `make up STACK=clearml` (docker runtime).")
             console.print(f"[yellow]skipping ClearML bootstrap:[/] {problem}")
-    results = run_steps(steps, settings, lambda r: console.print(f"{r.step}: [bold]{r.outcome}[/] {r.detail}"))
+    results = run_steps(steps, settings, _report_step)
     if all(r.outcome == Outcome.PRESENT for r in results):
         console.print("bootstrap: everything already present; nothing changed")
+
+
+def _report_step(result: StepResult) -> None:
+    console.print(f"{result.step}: [bold]{result.outcome}[/] {result.detail}")
 
 
 @app.command()
@@ -196,9 +214,11 @@ def sync(
     """Replay what the tracker spooled during a server outage (state folder's spool/): points, then run ends.
 
     What the server refuses for good is set aside in spool/rejected/ with its answer, and the exit code is 1."""
+    from mlstack.tracking.mlflow.config import use_credentials
     from mlstack.tracking.mlflow.spool import replay_run_ends, replay_spool
 
     settings = _settings()
+    use_credentials(settings)
     points = replay_spool(settings, tracking_uri=tracking_uri)
     ends = replay_run_ends(settings, tracking_uri=tracking_uri)
     rejected = points.rejected + ends.rejected
@@ -303,6 +323,57 @@ def pipeline_schedule(
             "prints it), or --crontab for a line that runs the pipeline from the host's crontab"
         )
     schedule_task(settings, task_id, cron, scheduler_queue=scheduler_queue)
+
+
+#: Shortest password `mlstack user add` takes.
+MIN_PASSWORD_LENGTH = 12
+
+
+def _users() -> MlflowUsers:
+    settings = _project_settings()
+    if not settings.mlflow_auth:
+        raise MlstackError("MLflow authentication is off (MLFLOW_AUTH=false in .env): there are no accounts to manage")
+    require_mlflow_stack(settings)
+    return MlflowUsers(settings)
+
+
+@user_app.command("add")
+def user_add(
+    name: str,
+    read_only: Annotated[bool, typer.Option(help="Read every experiment and model, change nothing.")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option(help="Read the password from standard input (default: asked for, twice).")
+    ] = False,
+) -> None:
+    """Create an MLflow account: EDIT on every experiment and model (log, tag, register; not delete or
+    share), or with --read-only what MLFLOW_AUTH_DEFAULT_PERMISSION gives."""
+    users = _users()
+    if users.exists(name):
+        raise MlstackError(f"user {name!r} exists already: `mlstack user remove {name}` first to recreate it")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise MlstackError(f"the password for {name!r} is too short: use {MIN_PASSWORD_LENGTH} characters or more")
+    users.create(name, password)
+    if not read_only:
+        users.grant_writer(name)
+    console.print(
+        f"user {name}: created, {'read-only' if read_only else f'{WRITER_PERMISSION} on every experiment and model'}"
+    )
+
+
+@user_app.command("remove")
+def user_remove(name: str) -> None:
+    """Delete an MLflow account (its runs and models stay)."""
+    users = _users()
+    if name == users.settings.mlflow_auth_admin_username:
+        raise MlstackError(f"{name!r} is the admin of .env (MLFLOW_AUTH_ADMIN_USERNAME): it cannot be removed")
+    if not users.exists(name):
+        raise MlstackError(f"there is no user {name!r} on {users.url}")
+    users.delete(name)
+    console.print(f"user {name}: removed")
 
 
 @app.command()

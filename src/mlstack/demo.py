@@ -7,9 +7,9 @@ RMSE -> evaluate it on the test split -> register it as a new version of `mlstac
 with the alias `champion` -> a comparison table, and plots that are run artifacts and files under
 reports/demo/.
 
-MLflow: MLFLOW_TRACKING_URI, or with none set this project's own server when it answers (right after
-`make up`); with no server answering, the local store in the state folder. ClearML goes offline by
-itself without a server or credentials. Each says so once.
+MLflow: MLFLOW_TRACKING_URI (`make up` writes it to .env, with the client account's credentials);
+unset or not answering, the local store in the state folder. ClearML goes offline by itself without
+a server or credentials. Each says so once.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 from unittest import mock
 
 import pandas as pd
-import requests
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -121,8 +120,7 @@ def run_demo(settings: Settings, console: Console) -> DemoResult:
     backends = configured_backends(settings)
     console.print(f"[bold]mlstack demo[/]: tracking to {', '.join(backends)} (MLSTACK_TRACKERS)")
     with _logs_on(console):
-        server, local_store_reason = _tracking_uri(settings, console)
-        tracking_uri = setup_mlflow(EXPERIMENT, server, settings, local_store_reason=local_store_reason)
+        tracking_uri = setup_mlflow(EXPERIMENT, settings=settings, local_store_reason=_local_store_reason(settings))
         split = _prepare()
         started = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         with track(f"demo {started}", EXPERIMENT, {"workflow": "demo"}, settings, backends) as parent:
@@ -133,33 +131,12 @@ def run_demo(settings: Settings, console: Console) -> DemoResult:
     return result
 
 
-def _tracking_uri(settings: Settings, console: Console) -> tuple[str | None, str | None]:
-    """The MLflow server to track to, or None and why the local store is used instead.
-
-    MLFLOW_TRACKING_URI when it answers; unset, this project's own server when it answers (after
-    `make up`, before `mlstack bootstrap` wrote the URI to .env); otherwise the local store.
-    """
-    configured = settings.mlflow_tracking_uri
-    if configured:
-        if server_answers.retry_with(stop=stop_after_delay(3))(configured):
-            return configured, None
-        return None, f"the MLflow server at {configured} (MLFLOW_TRACKING_URI) does not answer"
-    if _is_mlflow_server(settings.mlflow_url):
-        console.print(
-            f"MLFLOW_TRACKING_URI is not set; this project's MLflow server answers at {settings.mlflow_url}: "
-            "tracking to it (`mlstack bootstrap` writes the URI to .env for your own scripts)"
-        )
-        return settings.mlflow_url, None
-    return None, None
-
-
-def _is_mlflow_server(url: str) -> bool:
-    """Whether an MLflow server (not just anything on its port) answers at `url`."""
-    try:
-        response = requests.get(f"{url}/health", timeout=3)
-    except requests.RequestException:
-        return False
-    return response.status_code == 200 and response.text.strip() == "OK"
+def _local_store_reason(settings: Settings) -> str | None:
+    """Why the configured MLflow server is passed over for the local store (None: use it, or none is set)."""
+    uri = settings.mlflow_tracking_uri
+    if uri and not server_answers.retry_with(stop=stop_after_delay(3))(uri):
+        return f"the MLflow server at {uri} (MLFLOW_TRACKING_URI) does not answer"
+    return None
 
 
 def _prepare() -> Split:

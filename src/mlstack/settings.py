@@ -37,7 +37,14 @@ CLEARML_SECRET_FIELDS = (
 )
 
 #: Names of every secret in `.env`; `mlstack init` generates them, `up` refuses placeholders.
-MLFLOW_SECRET_FIELDS = ("postgres_password", "minio_root_password", "mlflow_s3_secret_key")
+MLFLOW_SECRET_FIELDS = (
+    "postgres_password",
+    "mlflow_db_password",
+    "minio_root_password",
+    "mlflow_s3_secret_key",
+    "mlflow_auth_admin_password",
+    "mlflow_flask_server_secret_key",
+)
 STACK_SECRET_FIELDS = {"mlflow": MLFLOW_SECRET_FIELDS, "clearml": CLEARML_SECRET_FIELDS}
 SECRET_FIELDS = MLFLOW_SECRET_FIELDS + CLEARML_SECRET_FIELDS
 StackName = Literal["mlflow", "clearml"]
@@ -70,10 +77,18 @@ class Settings(BaseSettings):
     runtime: RuntimeName = Field(default="auto", alias="MLSTACK_RUNTIME")
     bind_address: str = Field(default="127.0.0.1", alias="MLSTACK_BIND_ADDRESS")
 
-    postgres_user: str = "mlflow"
+    #: The superuser (initdb, the database bootstrap step); never in the MLflow server's environment.
+    postgres_user: str = "postgres"
     postgres_password: SecretStr = SecretStr("")
     postgres_db: str = "mlflow"
     postgres_port: int = 5432
+    #: Where PostgreSQL answers (compose: the service name).
+    postgres_host: str = Field(default="127.0.0.1", alias="MLSTACK_POSTGRES_HOST")
+    #: The MLflow server's role: owns the MLflow databases, nothing else (no superuser, no CREATEDB/ROLE).
+    mlflow_db_user: str = "mlflow_server"
+    mlflow_db_password: SecretStr = SecretStr("")
+    #: Users and permissions of MLflow's basic-auth app, in the same PostgreSQL.
+    mlflow_auth_db: str = "mlflow_auth"
 
     minio_root_user: str = "mlstack-root"
     minio_root_password: SecretStr = SecretStr("")
@@ -91,6 +106,27 @@ class Settings(BaseSettings):
     #: The server's single-statement PostgreSQL paths (services/mlflow-server/store); off: MLflow's own store.
     mlstack_fast_store: bool = True
     mlflow_allowed_hosts: str = "localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow,mlflow:*"
+    #: Names (or IPs) other machines reach the server by, comma-separated; added to the allowed hosts.
+    mlflow_public_hosts: str = ""
+    #: The TLS front (Caddy): HTTPS on MLFLOW_TLS_PORT, bound to MLFLOW_TLS_BIND_ADDRESS, before the server.
+    mlflow_tls: bool = False
+    mlflow_tls_port: int = 5443
+    mlflow_tls_bind_address: str = "127.0.0.1"
+    #: Your own certificate and key (PEM); unset: mlstack generates both and a CA to trust (mlstack.tls).
+    mlflow_tls_cert: Path | None = None
+    mlflow_tls_key: Path | None = None
+    #: MLflow's basic-auth app: every request but /health needs a login.
+    mlflow_auth: bool = True
+    mlflow_auth_admin_username: str = Field(default="mlstack-admin", min_length=1)
+    mlflow_auth_admin_password: SecretStr = SecretStr("")
+    mlflow_flask_server_secret_key: SecretStr = SecretStr("")
+    #: Seconds a worker trusts a login it checked (the password hash costs ~0.4 s of CPU a check); a
+    #: removed user or changed password can still work on another worker for that long. 0: check every request.
+    mlflow_auth_cache_seconds: int = Field(default=30, ge=0)
+    #: What a signed-in user may do with an experiment or model nobody granted them anything on.
+    mlflow_auth_default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = "READ"
+    #: The account `mlstack bootstrap` creates for the team's scripts (MLFLOW_TRACKING_USERNAME/PASSWORD).
+    mlflow_client_username: str = Field(default="mlstack-client", min_length=1)
     mlflow_tracking_uri: str | None = None
     mlflow_experiment_name: str = "mlstack"
     mlflow_tracking_username: str | None = None
@@ -199,32 +235,53 @@ class Settings(BaseSettings):
         """Offline ClearML sessions (the SDK's CLEARML_CACHE_DIR while no server answers)."""
         return (self.clearml_offline_dir or self.state_path / "clearml").resolve()
 
-    def postgres_dsn(self, database: str | None = None) -> str:
-        """libpq connection string, as seen from the host, for `database` (default: the backend store)."""
+    def postgres_dsn(self, database: str | None = None, *, as_server: bool = False) -> str:
+        """libpq connection string for `database` (default: the backend store), as the superuser or, with
+        `as_server`, as the MLflow server's role."""
+        user, password = (
+            (self.mlflow_db_user, self.mlflow_db_password)
+            if as_server
+            else (
+                self.postgres_user,
+                self.postgres_password,
+            )
+        )
         return psycopg.conninfo.make_conninfo(
-            host="127.0.0.1",
+            host=self.postgres_host,
             port=self.postgres_port,
             dbname=database or self.postgres_db,
-            user=self.postgres_user,
-            password=self.postgres_password.get_secret_value(),
+            user=user,
+            password=password.get_secret_value(),
         )
 
-    def backend_store_uri(self, host: str = "127.0.0.1", port: int | None = None, with_password: bool = True) -> str:
-        """SQLAlchemy URI of the backend store (psycopg 3 driver); without the password, libpq takes it
-        from PGPASSWORD (backend_store_env)."""
-        password = ":" + quote(self.postgres_password.get_secret_value(), safe="") if with_password else ""
+    def backend_store_uri(
+        self, host: str | None = None, port: int | None = None, with_password: bool = True, database: str | None = None
+    ) -> str:
+        """SQLAlchemy URI (psycopg 3 driver) of the backend store, or of `database`, as the server's role;
+        without the password, libpq takes it from PGPASSWORD (backend_store_env)."""
+        password = ":" + quote(self.mlflow_db_password.get_secret_value(), safe="") if with_password else ""
         return (
-            f"postgresql+psycopg://{quote(self.postgres_user, safe='')}{password}@{host}:{port or self.postgres_port}"
-            f"/{self.postgres_db}"
+            f"postgresql+psycopg://{quote(self.mlflow_db_user, safe='')}{password}"
+            f"@{host or self.postgres_host}:{port or self.postgres_port}/{database or self.postgres_db}"
         )
 
     def backend_store_env(self) -> dict[str, str]:
-        """How the MLflow server and its migration find the backend store: the URI, and the password apart
-        (the same two variables infra/mlflow/compose.yaml sets)."""
+        """How the MLflow server and its migration find the backend store: the URI, and the role's password
+        apart (the same two variables infra/mlflow/compose.yaml sets). The superuser's password is not here."""
         return {
             "MLFLOW_BACKEND_STORE_URI": self.backend_store_uri(with_password=False),
-            "PGPASSWORD": self.postgres_password.get_secret_value(),
+            "PGPASSWORD": self.mlflow_db_password.get_secret_value(),
         }
+
+    @property
+    def public_hosts(self) -> list[str]:
+        """MLFLOW_PUBLIC_HOSTS as a list."""
+        return [host.strip() for host in self.mlflow_public_hosts.split(",") if host.strip()]
+
+    @property
+    def mlflow_server_allowed_hosts(self) -> str:
+        """MLFLOW_ALLOWED_HOSTS plus each of MLFLOW_PUBLIC_HOSTS, with any port."""
+        return ",".join([self.mlflow_allowed_hosts, *(f"{host},{host}:*" for host in self.public_hosts)])
 
     def secrets(self, stack: StackName | None = None) -> dict[str, str]:
         """The secrets of `stack` (default: all) by their `.env` names, for validation; never print them."""

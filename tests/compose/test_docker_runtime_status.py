@@ -18,7 +18,7 @@ from tests.compose.conftest import run_compose
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 REAL_RUN = subprocess.run
-MLFLOW_ONE_SHOT = ("preflight", "storage-bootstrap", "migrate")
+MLFLOW_ONE_SHOT = ("preflight", "database-bootstrap", "storage-bootstrap", "migrate")
 MLFLOW_LONG_RUNNING = {"postgres": (5432,), "minio": (9000, 9001), "mlflow": (5000,)}
 CLEARML_SERVICES = ("mongo", "redis", "elasticsearch", "fileserver", "apiserver", "webserver", "async_delete")
 AGENT = "agent-services"

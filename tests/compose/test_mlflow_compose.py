@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mlstack.envfile import update_env
-from mlstack.runtime.native.runtime import gunicorn_options, mlflow_server_env
+from mlstack.runtime.native.runtime import auth_config, gunicorn_options, mlflow_server_env
 from mlstack.settings import Settings
 from tests.compose.conftest import run_compose
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = PROJECT_DIR / "infra" / "mlflow" / "compose.yaml"
-ONE_SHOT = {"preflight", "storage-bootstrap", "migrate"}
+ONE_SHOT = {"preflight", "database-bootstrap", "storage-bootstrap", "migrate"}
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_backend_store_works_with_a_password_that_needs_uri_quoting(compose_cli,
     from sqlalchemy.engine import make_url
 
     password = "p@ss/w:rd%41-and-more-characters"
-    update_env(generated_env, {"POSTGRES_PASSWORD": password})
+    update_env(generated_env, {"MLFLOW_DB_PASSWORD": password})
     result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
@@ -126,7 +127,7 @@ def test_backend_store_works_with_a_password_that_needs_uri_quoting(compose_cli,
         environment = services[name]["environment"]
         url = make_url(environment["MLFLOW_BACKEND_STORE_URI"])
         assert (url.username, url.password, url.host, url.port, url.database) == (
-            "mlflow",
+            "mlflow_server",
             None,
             "postgres",
             5432,
@@ -134,5 +135,70 @@ def test_backend_store_works_with_a_password_that_needs_uri_quoting(compose_cli,
         )
         assert environment["PGPASSWORD"] == password  # libpq reads it verbatim: nothing to quote
         assert environment.keys() >= native.keys()
-    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
+    assert services["database-bootstrap"]["environment"]["MLFLOW_DB_PASSWORD"] == password
     assert make_url(native["MLFLOW_BACKEND_STORE_URI"]).password is None and native["PGPASSWORD"] == password
+
+
+def test_each_secret_reaches_only_the_services_that_use_it(compose_cli, generated_env):
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
+    services = json.loads(result.stdout)["services"]
+    settings = Settings.load(generated_env.parent)
+
+    def holders(secret) -> set[str]:
+        return {name for name, service in services.items() if secret.get_secret_value() in json.dumps(service)}
+
+    assert holders(settings.postgres_password) == {"preflight", "postgres", "database-bootstrap"}
+    assert holders(settings.minio_root_password) == {"preflight", "minio", "storage-bootstrap"}
+    assert holders(settings.mlflow_db_password) == {"preflight", "database-bootstrap", "migrate", "mlflow"}
+    assert holders(settings.mlflow_auth_admin_password) == {"preflight", "mlflow"}
+    assert services["migrate"]["depends_on"]["database-bootstrap"]["condition"] == "service_completed_successfully"
+    assert (
+        services["mlflow"]["environment"]["PGPASSWORD"]
+        == services["database-bootstrap"]["environment"]["MLFLOW_DB_PASSWORD"]
+    )
+
+
+@pytest.fixture
+def entrypoint_run(tmp_path):
+    """Run the server image's entrypoint here, with a stand-in `mlflow` that prints what it was given."""
+    stand_in = tmp_path / "bin" / "mlflow"
+    stand_in.parent.mkdir()
+    stand_in.write_text(
+        '#!/bin/sh\necho "args: $*"\necho "hosts: $MLFLOW_SERVER_ALLOWED_HOSTS"\n'
+        'if [ -n "${MLFLOW_AUTH_CONFIG_PATH:-}" ]; then cat "$MLFLOW_AUTH_CONFIG_PATH"; fi\n'
+    )
+    stand_in.chmod(0o755)
+
+    def run(environment: dict[str, str]) -> subprocess.CompletedProcess:
+        env = {"PATH": f"{stand_in.parent}:/usr/bin:/bin", "HOME": str(tmp_path), **environment}
+        entrypoint = PROJECT_DIR / "services" / "mlflow-server" / "entrypoint.sh"
+        return subprocess.run(
+            ["sh", str(entrypoint), "mlflow", "server", "--port=5000"], env=env, capture_output=True, text=True
+        )
+
+    return run
+
+
+def test_image_entrypoint_turns_on_auth_with_the_configuration_the_native_runtime_writes(
+    compose_cli, generated_env, entrypoint_run
+):
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
+    environment = {
+        key: str(value) for key, value in json.loads(result.stdout)["services"]["mlflow"]["environment"].items()
+    }
+    started = entrypoint_run({**environment, "MLFLOW_PUBLIC_HOSTS": "mlflow.example.com,10.0.0.7"})
+    assert started.returncode == 0, started.stderr
+    args, hosts, *config = started.stdout.splitlines()
+    assert args == "args: server --port=5000 --app-name basic-auth"
+    assert hosts.endswith(",mlflow.example.com,mlflow.example.com:*,10.0.0.7,10.0.0.7:*")
+    settings = Settings.load(generated_env.parent)
+    native_uri = settings.backend_store_uri(host="postgres", port=5432, with_password=False, database="mlflow_auth")
+    assert "\n".join(config) + "\n" == auth_config(native_uri, "READ", 30)
+
+    off = entrypoint_run({**environment, "MLFLOW_AUTH": "false"})
+    assert off.stdout.splitlines()[0] == "args: server --port=5000" and len(off.stdout.splitlines()) == 2
+
+
+def test_image_entrypoint_refuses_placeholder_auth_secrets(entrypoint_run):
+    refused = entrypoint_run({"MLFLOW_AUTH_ADMIN_PASSWORD": "__generate__"})
+    assert refused.returncode == 64 and "MLFLOW_AUTH_ADMIN_PASSWORD holds a placeholder secret" in refused.stderr

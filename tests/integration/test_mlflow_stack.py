@@ -113,9 +113,10 @@ def test_unknown_host_header_is_refused_and_configured_hosts_work(mlflow_stack):
     url = f"{mlflow_stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
     port = mlflow_stack.settings.mlflow_port
 
-    assert requests.get(url, headers={"Host": "evil.example.com"}, timeout=10).status_code == 403
+    login = mlflow_stack.client_auth
+    assert requests.get(url, headers={"Host": "evil.example.com"}, auth=login, timeout=10).status_code == 403
     for host in ("mlflow:5000", f"127.0.0.1:{port}", f"localhost:{port}"):
-        assert requests.get(url, headers={"Host": host}, timeout=10).status_code == 200, host
+        assert requests.get(url, headers={"Host": host}, auth=login, timeout=10).status_code == 200, host
 
 
 def test_requests_from_inside_the_compose_network_pass_the_host_check(mlflow_stack):
@@ -184,7 +185,9 @@ def test_uploads_held_open_on_every_worker_do_not_block_other_requests(mlflow_st
 
     def upload(index: int) -> requests.Response:
         artifacts = f"{mlflow_stack.tracking_uri}/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{run_id}"
-        return requests.put(f"{artifacts}/artifacts/held{index}.bin", data=held_body(), timeout=300)
+        return requests.put(
+            f"{artifacts}/artifacts/held{index}.bin", data=held_body(), auth=mlflow_stack.client_auth, timeout=300
+        )
 
     with ThreadPoolExecutor(uploads) as pool:
         pending = [pool.submit(upload, index) for index in range(uploads)]
@@ -192,7 +195,10 @@ def test_uploads_held_open_on_every_worker_do_not_block_other_requests(mlflow_st
             for _ in range(uploads):
                 assert started.acquire(timeout=60), "an upload never started"
             answer = requests.get(
-                f"{mlflow_stack.tracking_uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=60
+                f"{mlflow_stack.tracking_uri}/api/2.0/mlflow/runs/get",
+                params={"run_id": run_id},
+                auth=mlflow_stack.client_auth,
+                timeout=60,
             )
             assert answer.status_code == 200, answer.text
             assert answer.json()["run"]["info"]["run_id"] == run_id

@@ -64,7 +64,7 @@ def private_clone() -> Iterator[Path]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
-def test_first_run_in_a_private_folder_up_status_fault_repair_down_and_restart(private_clone):
+def test_first_run_in_a_private_folder_up_status_fault_repair_down_and_restart(private_clone, monkeypatch):
     settings = Settings.load(private_clone)
     runtime = NativeRuntime(settings, Console(stderr=True))
 
@@ -85,6 +85,11 @@ def test_first_run_in_a_private_folder_up_status_fault_repair_down_and_restart(p
         assert runtime.postgres.data.owner() == "postgres"
         assert not runtime.postgres.data.is_relative_to(private_clone)
 
+    # `up` wrote the client account's login to .env; a script exports it (or uses setup_mlflow)
+    login = Settings.load(private_clone)
+    assert login.mlflow_tracking_uri == settings.mlflow_url and login.mlflow_tracking_username
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", login.mlflow_tracking_username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login.mlflow_tracking_password.get_secret_value())
     client = MlflowClient(settings.mlflow_url)
     experiment_id = client.create_experiment("kept-across-restarts")
     run_id = client.create_run(experiment_id).info.run_id

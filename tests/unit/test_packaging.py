@@ -54,4 +54,4 @@ def test_installed_mlstack_init_writes_a_project_outside_any_checkout(installed,
     assert result.returncode == 0, result.stdout + result.stderr
     assert str(installed) in result.stdout.replace("\n", "")  # the template came from the installed package
     values = read_env(tmp_path / ".env")
-    assert values["POSTGRES_USER"] == "mlflow" and len(values["POSTGRES_PASSWORD"]) == 32
+    assert values["POSTGRES_USER"] == "postgres" and len(values["POSTGRES_PASSWORD"]) == 32

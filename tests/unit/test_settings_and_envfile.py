@@ -21,10 +21,10 @@ def test_environment_overrides_env_file(project, monkeypatch):
     assert Settings.load(project.project_dir).mlflow_port == 5999
 
 
-def test_backend_store_uri_quotes_the_password(project, monkeypatch):
-    monkeypatch.setenv("POSTGRES_PASSWORD", "p@ss/w:rd")
+def test_backend_store_uri_is_the_server_role_with_its_password_quoted(project, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DB_PASSWORD", "p@ss/w:rd")
     uri = Settings.load(project.project_dir).backend_store_uri(host="postgres", port=5432)
-    assert uri.startswith("postgresql+psycopg://mlflow:p%40ss%2Fw%3Ard@postgres:5432/")
+    assert uri == "postgresql+psycopg://mlflow_server:p%40ss%2Fw%3Ard@postgres:5432/mlflow"
 
 
 def test_secrets_are_hidden_in_repr(project):

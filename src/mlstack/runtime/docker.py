@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.native.tools import find_compose
 from mlstack.secrets import check_secrets
 from mlstack.settings import Settings
+from mlstack.tls import ensure_certificate
 
 #: Compose's global option enabling every profile (compose-go: a "*" profile matches any service).
 ALL_PROFILES = ("--profile", "*")
@@ -120,13 +122,25 @@ class DockerRuntime:
         full = [*command, "-f", str(compose_file), "--env-file", str(self.settings.env_file), *args]
         try:
             result = subprocess.run(
-                full, capture_output=True, text=True, cwd=self.settings.project_dir, timeout=timeout
+                full, capture_output=True, text=True, cwd=self.settings.project_dir, timeout=timeout, env=self._env()
             )
         except subprocess.TimeoutExpired:
             raise ServiceStartError(f"`docker compose {' '.join(args)}` did not finish within {timeout} s") from None
         if check and result.returncode != 0:
             raise ServiceStartError(f"`docker compose {' '.join(args)}` failed:\n{result.stderr[-3000:]}")
         return result
+
+    def _env(self) -> dict[str, str]:
+        """Compose's environment: ours, and where the TLS front's certificate is when mlstack made it."""
+        env = dict(os.environ)
+        if self.stack == "mlflow" and self.settings.mlflow_tls and not self.settings.mlflow_tls_cert:
+            folder = self.settings.state_path / "tls"
+            env |= {"MLFLOW_TLS_CERT": str(folder / "server.pem"), "MLFLOW_TLS_KEY": str(folder / "server-key.pem")}
+        return env
+
+    def requested_profiles(self) -> list[str]:
+        """Profiles the settings ask for: the TLS front with MLFLOW_TLS=true."""
+        return ["tls"] if self.stack == "mlflow" and self.settings.mlflow_tls else []
 
     def rendered_config(self) -> dict:
         """The compose file as compose resolves it, every profile's services included (no engine needed)."""
@@ -141,11 +155,15 @@ class DockerRuntime:
 
     def up(self) -> bool:
         check_secrets(self.settings, self.stack)
+        if self.requested_profiles():
+            ensure_certificate(self.settings)
         config, containers = self.rendered_config(), self.containers()
-        if all(service.healthy for service in judge_services(config, containers)):
+        wanted = sorted({*started_profiles(config, containers), *self.requested_profiles()})
+        missing = set(wanted) - set(started_profiles(config, containers))
+        if not missing and all(service.healthy for service in judge_services(config, containers)):
             self.console.print(f"{self.stack} stack (docker) is already running and healthy: nothing to do")
             return False
-        profiles = [option for profile in started_profiles(config, containers) for option in ("--profile", profile)]
+        profiles = [option for profile in wanted for option in ("--profile", profile)]
         wait = ("--wait", "--wait-timeout", str(self.up_timeout))
         try:
             with self.console.status(f"docker compose up --wait ({self.stack})"):

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 
 import psycopg
 import requests
+import urllib3
 from rich.console import Console
 
 from mlstack.errors import ServiceStartError
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    """True when `url` answers 200."""
+def http_ok(url: str, timeout: float = 2.0, verify: bool = True) -> bool:
+    """True when `url` answers 200 (`verify`: check an HTTPS certificate)."""
     try:
-        return requests.get(url, timeout=timeout).status_code == 200
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            return requests.get(url, timeout=timeout, verify=verify).status_code == 200
     except requests.RequestException:
         return False
 

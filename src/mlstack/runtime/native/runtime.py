@@ -23,21 +23,24 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
 from rich.console import Console
 
-from mlstack.bootstrap import MINIO_STEPS, run_steps
+from mlstack.bootstrap import MINIO_STEPS, StepResult, run_steps
+from mlstack.bootstrap.database import DATABASE_STEPS
+from mlstack.envfile import write_private
 from mlstack.errors import ConfigError, RuntimeUnavailableError, ServiceStartError
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.health import http_ok, postgres_ok, wait_until
 from mlstack.runtime.native.process import ManagedProcess
 from mlstack.runtime.native.tools import NativeTools, find_tools
 from mlstack.secrets import check_secrets
-from mlstack.settings import Settings
+from mlstack.settings import PACKAGED_CONF, Settings
+from mlstack.tls import TlsFiles, ensure_certificate
 
 #: The environment a service inherits from ours; everything else (root secrets above all) is left out.
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+#: The TLS front's configuration, shared with the compose stack's tls-proxy service.
+CADDYFILE = Path(str(PACKAGED_CONF / "caddy" / "Caddyfile"))
 #: Where PostgreSQL keeps each project's data when it runs as the `postgres` user (mlstack as root).
 POSTGRES_HOMES = Path("/var/lib/mlstack/postgres")
 
@@ -79,6 +82,7 @@ class NativeRuntime:
             "postgres": ManagedProcess("postgres", self.run_dir, self.log_dir, stop_signal=signal.SIGINT),
             "minio": ManagedProcess("minio", self.run_dir, self.log_dir),
             "mlflow": ManagedProcess("mlflow", self.run_dir, self.log_dir),
+            "tls-proxy": ManagedProcess("tls-proxy", self.run_dir, self.log_dir),
         }
 
     # --- the runtime interface ------------------------------------------------------------
@@ -91,16 +95,23 @@ class NativeRuntime:
             return False
         _private_folder(self.settings.state_path)
         self._start_postgres(tools)
+        run_steps(DATABASE_STEPS, self.settings, self._report)
         self._start_minio(tools)
-        run_steps(MINIO_STEPS, self.settings, lambda r: self.console.print(f"  {r.step}: {r.outcome} ({r.detail})"))
+        run_steps(MINIO_STEPS, self.settings, self._report)
         self._migrate()
         self._start_mlflow()
+        if self.settings.mlflow_tls:
+            self._start_tls_front(tools)
         return True
 
+    def _report(self, result: StepResult) -> None:
+        self.console.print(f"  {result.step}: {result.outcome} ({result.detail})")
+
     def down(self) -> None:
-        for name in ("mlflow", "minio", "postgres"):
+        for name in ("tls-proxy", "mlflow", "minio", "postgres"):
             stopped = self.processes[name].stop()
-            self.console.print(f"{name}: {'stopped' if stopped else 'was not running'}")
+            if stopped or name != "tls-proxy" or self.settings.mlflow_tls:
+                self.console.print(f"{name}: {'stopped' if stopped else 'was not running'}")
 
     def status(self) -> list[ServiceStatus]:
         s = self.settings
@@ -113,6 +124,10 @@ class NativeRuntime:
             "minio": (s.minio_url, self._minio_healthy, f"data: {self.data_dir / 'minio'}"),
             "mlflow": (s.mlflow_url, self._mlflow_healthy, f"log: {self.processes['mlflow'].log_file}"),
         }
+        if s.mlflow_tls:
+            trust = "" if s.mlflow_tls_cert else f"; clients trust {s.state_path / 'tls' / 'ca.pem'}"
+            where = f"log: {self.processes['tls-proxy'].log_file}{trust}"
+            probes["tls-proxy"] = (tls_front_url(s), self._tls_front_healthy, where)
         statuses = []
         for name, (url, probe, where) in probes.items():
             running = self.processes[name].is_running()
@@ -139,6 +154,10 @@ class NativeRuntime:
 
     def _mlflow_healthy(self) -> bool:
         return http_ok(f"{self.settings.mlflow_url}/health")
+
+    def _tls_front_healthy(self) -> bool:
+        """The front answers HTTPS and reaches the server (liveness only: the certificate is not checked)."""
+        return http_ok(f"https://127.0.0.1:{self.settings.mlflow_tls_port}/health", verify=False)
 
     # --- services --------------------------------------------------------------------------
 
@@ -172,7 +191,6 @@ class NativeRuntime:
             cwd=layout.home,
         )
         self._wait("postgres", self._postgres_healthy)
-        self._ensure_database()
 
     def _prepare_postgres_home(self) -> None:
         """The data folder's home, private to the user PostgreSQL runs as; as root, data that an earlier
@@ -227,14 +245,6 @@ class NativeRuntime:
         if result.returncode != 0:
             raise ServiceStartError(f"initdb failed in {layout.data}:\n{result.stderr[-2000:]}")
 
-    def _ensure_database(self) -> None:
-        s = self.settings
-        admin_dsn = s.postgres_dsn("postgres")
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (s.postgres_db,)).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(s.postgres_db)))
-
     def _start_minio(self, tools: NativeTools) -> None:
         process, s = self.processes["minio"], self.settings
         if process.is_running():
@@ -280,12 +290,43 @@ class NativeRuntime:
             self._wait("mlflow", self._mlflow_healthy)
             return
         require_store_plugin(self.settings)
+        if self.settings.mlflow_auth:
+            write_auth_config(self.settings)
         process.start(mlflow_server_command(self.settings), env=mlflow_server_env(self.settings))
         self._wait("mlflow", self._mlflow_healthy)
 
+    def _start_tls_front(self, tools: NativeTools) -> None:
+        process = self.processes["tls-proxy"]
+        if process.is_running():
+            process.stop()  # its certificate or settings may have changed: start it afresh
+        process.start(
+            [str(tools.caddy), "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+            env=tls_front_env(self.settings, ensure_certificate(self.settings)),
+        )
+        self._wait("tls-proxy", self._tls_front_healthy)
+
+
+def tls_front_url(settings: Settings) -> str:
+    """The front's URL under the first public name (else this host's loopback address)."""
+    return f"https://{(settings.public_hosts or ['127.0.0.1'])[0]}:{settings.mlflow_tls_port}"
+
+
+def tls_front_env(settings: Settings, files: TlsFiles) -> dict[str, str]:
+    """What the Caddyfile reads: where to listen, the certificate and key, the server behind it."""
+    return {
+        **_base_env(),
+        "MLSTACK_TLS_PORT": str(settings.mlflow_tls_port),
+        "MLSTACK_TLS_BIND": settings.mlflow_tls_bind_address,
+        "MLSTACK_TLS_CERT": str(files.cert),
+        "MLSTACK_TLS_KEY": str(files.key),
+        "MLSTACK_TLS_UPSTREAM": f"127.0.0.1:{settings.mlflow_port}",
+    }
+
 
 def mlflow_server_command(settings: Settings) -> list[str]:
-    """The tracking server under gunicorn with threaded workers (README: why, and the Host-header check)."""
+    """The tracking server under gunicorn with threaded workers (README: why, and the Host-header check),
+    behind MLflow's basic-auth app unless MLFLOW_AUTH=false."""
+    auth = ["--app-name", "basic-auth"] if settings.mlflow_auth else []
     return [
         sys.executable,
         "-m",
@@ -301,6 +342,7 @@ def mlflow_server_command(settings: Settings) -> list[str]:
         str(settings.mlflow_workers),
         "--gunicorn-opts",
         gunicorn_options(settings),
+        *auth,
     ]
 
 
@@ -325,7 +367,8 @@ def require_store_plugin(settings: Settings) -> None:
 
 
 def mlflow_server_env(settings: Settings) -> dict[str, str]:
-    """The server's environment: its own MinIO account, never the root credentials."""
+    """The server's environment: its own database role and MinIO account, never the superuser's or the
+    root credentials; with auth on, where the auth app's configuration is and its two secrets."""
     return {
         **_base_env(),
         **settings.backend_store_env(),
@@ -333,8 +376,43 @@ def mlflow_server_env(settings: Settings) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": settings.mlflow_s3_access_key,
         "AWS_SECRET_ACCESS_KEY": settings.mlflow_s3_secret_key.get_secret_value(),
         "AWS_DEFAULT_REGION": "us-east-1",
-        "MLFLOW_SERVER_ALLOWED_HOSTS": settings.mlflow_allowed_hosts,
+        "MLFLOW_SERVER_ALLOWED_HOSTS": settings.mlflow_server_allowed_hosts,
         "MLSTACK_FAST_STORE": str(settings.mlstack_fast_store).lower(),
+        **(auth_env(settings) if settings.mlflow_auth else {}),
+    }
+
+
+def auth_config(database_uri: str, default_permission: str, cache_seconds: int) -> str:
+    """MLflow's basic-auth configuration (an ini file; no secret in it: the admin's password comes from
+    the environment, the database password from PGPASSWORD). services/mlflow-server/entrypoint.sh
+    writes the same file in the image."""
+    return (
+        "[mlflow]\n"
+        f"default_permission = {default_permission}\n"
+        f"database_uri = {database_uri}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {cache_seconds}\n"
+    )
+
+
+def auth_config_path(settings: Settings) -> Path:
+    return settings.state_path / "mlflow" / "basic_auth.ini"
+
+
+def write_auth_config(settings: Settings) -> None:
+    """The auth app's configuration for the native server, in the state folder (0600)."""
+    database_uri = settings.backend_store_uri(with_password=False, database=settings.mlflow_auth_db)
+    config = auth_config(database_uri, settings.mlflow_auth_default_permission, settings.mlflow_auth_cache_seconds)
+    write_private(auth_config_path(settings), config)
+
+
+def auth_env(settings: Settings) -> dict[str, str]:
+    """The auth app's variables: its configuration file, the admin created on first start, the Flask key."""
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_config_path(settings)),
+        "MLFLOW_AUTH_ADMIN_USERNAME": settings.mlflow_auth_admin_username,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": settings.mlflow_auth_admin_password.get_secret_value(),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": settings.mlflow_flask_server_secret_key.get_secret_value(),
     }
 
 

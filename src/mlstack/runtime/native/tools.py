@@ -1,8 +1,8 @@
 """The binaries the native runtime runs, found or installed at the versions the images use.
 
-PostgreSQL comes from Debian's packages (apt, as root); MinIO and the compose CLI are built from
-source through the Go module proxy into the tools folder. Where an install is not possible, one
-error names exactly what to install.
+PostgreSQL, and Caddy (the TLS front) when MLFLOW_TLS is on, come from Debian's packages (apt, as
+root); MinIO and the compose CLI are built from source through the Go module proxy into the tools
+folder. Where an install is not possible, one error names exactly what to install.
 """
 
 from __future__ import annotations
@@ -30,6 +30,13 @@ POSTGRES_MAJOR = 15
 class NativeTools:
     postgres_bin: Path
     minio: Path
+    #: The TLS front (Debian's caddy, the version of the compose stack's image); None while MLFLOW_TLS is off.
+    caddy: Path | None = None
+
+
+def find_caddy() -> Path | None:
+    found = shutil.which("caddy")
+    return Path(found) if found else None
 
 
 def find_postgres_bin() -> Path | None:
@@ -67,12 +74,15 @@ def find_tools(settings: Settings) -> NativeTools:
         missing.append(f"PostgreSQL {POSTGRES_MAJOR} server: `apt-get install postgresql-{POSTGRES_MAJOR}`")
     if minio is None:
         missing.append(f"MinIO: `GOBIN={settings.tools_path / 'bin'} go install {MINIO_MODULE}` (Go >= 1.24)")
+    caddy = find_caddy() if settings.mlflow_tls else None
+    if settings.mlflow_tls and caddy is None:
+        missing.append("Caddy, the TLS front (MLFLOW_TLS=true): `apt-get install caddy`")
     if missing:
         raise MissingToolError(
             "The native runtime needs: " + "; ".join(missing) + ". `mlstack install-tools` installs them "
             "where it may (apt as root, go install into the tools folder)."
         )
-    return NativeTools(postgres_bin=postgres_bin, minio=minio)
+    return NativeTools(postgres_bin=postgres_bin, minio=minio, caddy=caddy)
 
 
 def install_tools(settings: Settings, console: Console, native: bool = True, compose: bool = False) -> None:
@@ -88,6 +98,13 @@ def install_tools(settings: Settings, console: Console, native: bool = True, com
             )
         else:
             cannot.append(f"`sudo apt-get install postgresql-{POSTGRES_MAJOR}`")
+    if native and settings.mlflow_tls and find_caddy() is None:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            console.print("installing Caddy (the TLS front) from Debian packages")
+            _run(["apt-get", "update", "-q"])
+            _run(["apt-get", "install", "-y", "-q", "caddy"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        else:
+            cannot.append("`sudo apt-get install caddy` (the TLS front, MLFLOW_TLS=true)")
     if native and find_minio(settings) is None:
         if shutil.which("go"):
             console.print(f"building MinIO ({MINIO_MODULE}) with go install; this takes a few minutes")

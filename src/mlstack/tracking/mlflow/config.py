@@ -77,15 +77,20 @@ def setup_mlflow(
                 local_store_reason or "MLFLOW_TRACKING_URI is not set",
                 uri,
             )
-    if settings.mlflow_tracking_username and settings.mlflow_tracking_password:
-        os.environ["MLFLOW_TRACKING_USERNAME"] = settings.mlflow_tracking_username
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = settings.mlflow_tracking_password.get_secret_value()
+    use_credentials(settings)
     name = experiment_name or settings.mlflow_experiment_name
     with _lock:
         mlflow.set_tracking_uri(uri)
         _config = TrackingConfig(settings, uri, name, is_local, MlflowClient(uri))
         mlflow.set_experiment(experiment_id=_config.experiment_id(name))
     return uri
+
+
+def use_credentials(settings: Settings) -> None:
+    """MLFLOW_TRACKING_USERNAME/PASSWORD of `settings` (from .env) for every MLflow request of this process."""
+    if settings.mlflow_tracking_username and settings.mlflow_tracking_password:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = settings.mlflow_tracking_username
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = settings.mlflow_tracking_password.get_secret_value()
 
 
 def current_config() -> TrackingConfig:

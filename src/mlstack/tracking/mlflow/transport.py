@@ -71,6 +71,8 @@ class RestMetricSender:
         if response.status_code == 200:
             return
         detail = _server_answer(response)
+        if response.status_code == 401:  # fixable: the points wait (spooled at worst) for the right login
+            raise TransientSendError(f"{detail} (check MLFLOW_TRACKING_USERNAME/PASSWORD in .env)")
         if response.status_code in TRANSIENT_HTTP_STATUS:
             raise TransientSendError(detail)
         raise RejectedBatchError(detail)

@@ -1,0 +1,211 @@
+"""Authentication and least privilege on the live stack: anonymous requests refused on every API
+family, the client account `mlstack up` created logs runs (10,000 points through the tracker, every
+one a row), people added with `mlstack user` get what they were given and no more, the server's
+database role cannot act as a superuser, and a server restart keeps users and permissions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+
+import psycopg
+import pytest
+import requests
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mlstack.bootstrap.mlflow import MlflowUsers
+from mlstack.tracking import ExperimentTracker, setup_mlflow
+from tests.conftest import user_environment
+
+pytestmark = pytest.mark.integration
+
+READER_PASSWORD = "reader-password-" + uuid.uuid4().hex[:8]
+WRITER_PASSWORD = "writer-password-" + uuid.uuid4().hex[:8]
+
+#: One request of each API family, as a browser or script without a login would send it.
+ANONYMOUS_REQUESTS = [
+    ("GET", "/api/2.0/mlflow/experiments/search?max_results=1"),
+    ("POST", "/api/2.0/mlflow/experiments/create"),
+    ("GET", "/api/2.0/mlflow/runs/get?run_id=0123456789abcdef"),
+    ("POST", "/api/2.0/mlflow/runs/search"),
+    ("POST", "/api/2.0/mlflow/runs/log-batch"),
+    ("GET", "/api/2.0/mlflow/registered-models/search"),
+    ("POST", "/api/2.0/mlflow/registered-models/create"),
+    ("GET", "/api/2.0/mlflow/model-versions/search"),
+    ("GET", "/api/2.0/mlflow-artifacts/artifacts?path=0"),
+    ("PUT", "/api/2.0/mlflow-artifacts/artifacts/0/x/artifacts/y.txt"),
+    ("GET", "/get-artifact?path=y.txt&run_uuid=0123456789abcdef"),
+    ("POST", "/ajax-api/2.0/mlflow/runs/search"),
+    ("GET", "/api/2.0/mlflow/users/list"),
+    ("GET", "/"),
+]
+
+
+def cli(settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """`mlstack ...` in the stack's project, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlstack.cli", *args],
+        cwd=settings.project_dir,
+        env=user_environment(settings.project_dir / ".home"),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def client_as(mlflow_stack, monkeypatch, username: str, password: str) -> MlflowClient:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    return MlflowClient(mlflow_stack.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def people(mlflow_stack):
+    """A read-only and a writing person, added with `mlstack user add` (password on stdin)."""
+    settings = mlflow_stack.settings
+    for name, password, flags in (("reader", READER_PASSWORD, ["--read-only"]), ("writer", WRITER_PASSWORD, [])):
+        added = cli(settings, "user", "add", name, *flags, "--password-stdin", stdin=password + "\n")
+        assert added.returncode == 0, added.stdout + added.stderr
+    yield
+    for name in ("reader", "writer"):
+        cli(settings, "user", "remove", name)
+
+
+@pytest.fixture(scope="module")
+def shared_run(mlflow_stack):
+    """An experiment and a run the client account made (the session's environment logs in as it)."""
+    client = MlflowClient(mlflow_stack.tracking_uri)
+    experiment_id = client.create_experiment(f"auth-{uuid.uuid4().hex[:8]}")
+    run = client.create_run(experiment_id)
+    client.log_metric(run.info.run_id, "loss", 0.5)
+    return experiment_id, run.info.run_id
+
+
+@pytest.mark.parametrize(("method", "path"), ANONYMOUS_REQUESTS)
+def test_requests_without_a_login_are_refused(mlflow_stack, method, path):
+    answer = requests.request(method, f"{mlflow_stack.tracking_uri}{path}", json={}, timeout=30)
+    assert answer.status_code == 401, answer.text[:200]
+    wrong = requests.request(method, f"{mlflow_stack.tracking_uri}{path}", auth=("mlstack-client", "wrong"), timeout=30)
+    assert wrong.status_code == 401
+
+
+def test_health_answers_without_a_login_for_probes(mlflow_stack):
+    assert requests.get(f"{mlflow_stack.tracking_uri}/health", timeout=10).text == "OK"
+
+
+def test_the_client_account_logs_a_run_that_lands_in_postgres(mlflow_stack, shared_run):
+    _, run_id = shared_run
+    with mlflow_stack.pg_connect() as connection:
+        rows = connection.execute("SELECT key, value FROM metrics WHERE run_uuid = %s", (run_id,)).fetchall()
+    assert rows == [("loss", 0.5)]
+
+
+def test_the_tracker_logs_10000_points_through_auth_and_loses_none(mlflow_stack):
+    setup_mlflow(f"auth-tracker-{uuid.uuid4().hex[:8]}", settings=mlflow_stack.settings)
+    with ExperimentTracker(run_name="10k through auth") as tracker:
+        for step in range(10_000):
+            tracker.log_metrics({"loss": 1 / (step + 1)}, step=step)
+    with mlflow_stack.pg_connect() as connection:
+        (count,) = connection.execute(
+            "SELECT count(DISTINCT step) FROM metrics WHERE run_uuid = %s AND key = 'loss'", (tracker.run_id,)
+        ).fetchone()
+    assert count == 10_000
+
+
+def test_a_read_only_person_reads_but_cannot_write(mlflow_stack, people, shared_run, monkeypatch):
+    experiment_id, run_id = shared_run
+    reader = client_as(mlflow_stack, monkeypatch, "reader", READER_PASSWORD)
+    assert reader.get_run(run_id).data.metrics == {"loss": 0.5}
+    for write in (
+        lambda: reader.log_metric(run_id, "loss", 9.0),
+        lambda: reader.set_experiment_tag(experiment_id, "owner", "reader"),
+        lambda: reader.create_run(experiment_id),
+    ):
+        with pytest.raises(MlflowException, match="403"):
+            write()
+
+
+def test_a_writing_person_logs_to_the_teams_runs_but_cannot_delete_them(mlflow_stack, people, shared_run, monkeypatch):
+    experiment_id, run_id = shared_run
+    writer = client_as(mlflow_stack, monkeypatch, "writer", WRITER_PASSWORD)
+    writer.log_metric(run_id, "writer_metric", 1.0)
+    with pytest.raises(MlflowException, match="403"):
+        writer.delete_experiment(experiment_id)
+
+
+def test_a_person_denied_an_experiment_cannot_read_it(mlflow_stack, people, shared_run, monkeypatch):
+    experiment_id, run_id = shared_run
+    MlflowUsers(mlflow_stack.settings).grant("reader", "experiment", experiment_id, "DENY")
+    reader = client_as(mlflow_stack, monkeypatch, "reader", READER_PASSWORD)
+    with pytest.raises(MlflowException, match="403"):
+        reader.get_run(run_id)
+    with pytest.raises(MlflowException, match="403"):
+        reader.get_experiment(experiment_id)
+    other = MlflowClient(mlflow_stack.tracking_uri)  # switch back: the client account makes another
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", mlflow_stack.client_auth[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_stack.client_auth[1])
+    open_experiment = other.create_experiment(f"open-{uuid.uuid4().hex[:8]}")
+    assert client_as(mlflow_stack, monkeypatch, "reader", READER_PASSWORD).get_experiment(open_experiment)
+
+
+def test_a_server_restart_keeps_people_and_their_permissions(mlflow_stack, people, shared_run, monkeypatch):
+    experiment_id, run_id = shared_run
+    MlflowUsers(mlflow_stack.settings).grant("reader", "experiment", experiment_id, "DENY")
+    mlflow_stack.restart_server()
+    writer = client_as(mlflow_stack, monkeypatch, "writer", WRITER_PASSWORD)
+    writer.log_metric(run_id, "after_restart", 1.0)
+    reader = client_as(mlflow_stack, monkeypatch, "reader", READER_PASSWORD)
+    with pytest.raises(MlflowException, match="403"):
+        reader.get_run(run_id)
+
+
+def test_a_removed_person_is_refused(mlflow_stack):
+    settings = mlflow_stack.settings
+    password = "leaver-password-" + uuid.uuid4().hex[:8]
+    assert cli(settings, "user", "add", "leaver", "--password-stdin", stdin=password + "\n").returncode == 0
+    url = f"{mlflow_stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert requests.get(url, auth=("leaver", password), timeout=10).status_code == 200
+    removed = cli(settings, "user", "remove", "leaver")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    # the worker that removed it forgets the login at once, the others once MLFLOW_AUTH_CACHE_SECONDS pass
+    deadline = time.monotonic() + settings.mlflow_auth_cache_seconds + 10
+    answers: list[int] = []
+    while time.monotonic() < deadline and answers[-10:] != [401] * 10:
+        answers.append(requests.get(url, auth=("leaver", password), timeout=10).status_code)
+        time.sleep(0.2)
+    assert answers[-10:] == [401] * 10, answers[-20:]
+
+
+def test_the_server_role_is_no_superuser_and_cannot_run_programs(mlflow_stack):
+    settings = mlflow_stack.settings
+    with psycopg.connect(settings.postgres_dsn(as_server=True), autocommit=True) as connection:
+        powers = connection.execute(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls "
+            "FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        assert powers == (False, False, False, False, False)
+        for statement in (
+            "COPY (SELECT 1) TO PROGRAM 'id'",
+            "CREATE ROLE intruder LOGIN",
+            "CREATE DATABASE intruder",
+            "ALTER ROLE current_user SUPERUSER",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                connection.execute(statement)
+        owners = connection.execute(
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public'"
+        ).fetchall()
+    assert owners == [(settings.mlflow_db_user,)], "the role owns every table, sequence and index it migrates"
+
+
+def test_the_servers_environment_holds_no_superuser_or_root_secret(mlflow_stack):
+    settings = mlflow_stack.settings
+    secrets = {settings.postgres_password.get_secret_value(), settings.minio_root_password.get_secret_value()}
+    for environment in mlflow_stack.server_environments():
+        assert not secrets & set(environment.values())
+        assert environment["PGPASSWORD"] == settings.mlflow_db_password.get_secret_value()

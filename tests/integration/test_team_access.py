@@ -1,0 +1,158 @@
+"""README "Open it to the team", run as written on a scratch stack: the settings in .env, `mlstack up`,
+`mlstack user add`, then a team member's plain mlflow client on another machine (a process with
+nothing of ours in its environment) reaching the server over HTTPS by this machine's address,
+trusting the generated CA. Plain HTTP from outside is refused, and so is a name the server was
+not told about."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+from rich.console import Console
+
+from mlstack.envfile import update_env
+from mlstack.errors import MissingToolError
+from mlstack.runtime.native.runtime import NativeRuntime
+from mlstack.runtime.native.tools import find_tools
+from mlstack.settings import Settings
+from tests.conftest import REQUIRED_RUNTIME, free_port, make_project, user_environment
+
+pytestmark = pytest.mark.integration
+
+ALICE_PASSWORD = "alice-password-0123456789"
+
+
+def machine_address() -> str:
+    """This machine's address on its network (the one a team member's machine would use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # a documentation address: nothing is sent
+        return probe.getsockname()[0]
+
+
+def mlstack(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mlstack.cli", *args],
+        cwd=settings.project_dir,
+        env=user_environment(settings.project_dir / ".home"),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def team_stack():
+    """The recipe's server side; yields (settings, address, the CA file handed to the team)."""
+    address = machine_address()
+    if address.startswith("127."):
+        pytest.skip("this machine has no network address other than loopback")
+    root = Path(tempfile.mkdtemp(prefix="mlstack-team-"))
+    settings = make_project(root / "project")
+    update_env(
+        settings.env_file,
+        {
+            "MLFLOW_PUBLIC_HOSTS": address,
+            "MLFLOW_TLS": "true",
+            "MLFLOW_TLS_BIND_ADDRESS": "0.0.0.0",
+            "MLFLOW_TLS_PORT": str(free_port()),
+        },
+    )
+    settings = Settings.load(settings.project_dir)
+    try:
+        find_tools(settings)
+    except MissingToolError as missing:
+        if REQUIRED_RUNTIME == "native":
+            pytest.fail(f"MLSTACK_REQUIRE_RUNTIME=native but the TLS front cannot run: {missing}")
+        pytest.skip(str(missing))
+    runtime = NativeRuntime(settings, Console(stderr=True))
+    try:
+        up = mlstack(settings, "up", "--stack", "mlflow", "--runtime", "native")
+        assert up.returncode == 0, up.stdout + up.stderr
+        added = mlstack(settings, "user", "add", "alice", "--password-stdin", stdin=ALICE_PASSWORD + "\n")
+        assert added.returncode == 0, added.stdout + added.stderr
+        handed_over = root / "alice" / "ca.pem"  # what alice gets: the CA certificate, never its key
+        handed_over.parent.mkdir()
+        shutil.copy(settings.state_path / "tls" / "ca.pem", handed_over)
+        yield Settings.load(settings.project_dir), address, handed_over
+    finally:
+        runtime.down()
+        if runtime.postgres.os_user is not None:
+            shutil.rmtree(runtime.postgres.home, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+ALICES_SCRIPT = textwrap.dedent(
+    """
+    import mlflow
+    mlflow.set_experiment("team")
+    with mlflow.start_run() as run:
+        mlflow.log_metric("loss", 0.5)
+    print(run.info.run_id)
+    """
+)
+
+
+def as_alice(url: str, ca: Path | None, home: Path) -> subprocess.CompletedProcess:
+    """Alice's script with her environment only: the URL, her login, the CA she was given."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_TRACKING_USERNAME": "alice",
+        "MLFLOW_TRACKING_PASSWORD": ALICE_PASSWORD,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        **({"MLFLOW_TRACKING_SERVER_CERT_PATH": str(ca)} if ca else {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", ALICES_SCRIPT], env=env, capture_output=True, text=True, timeout=120, cwd=home
+    )
+
+
+def test_a_team_member_logs_a_run_over_https_trusting_the_generated_ca(team_stack, tmp_path):
+    settings, address, ca = team_stack
+    logged = as_alice(f"https://{address}:{settings.mlflow_tls_port}", ca, tmp_path)
+    assert logged.returncode == 0, logged.stderr
+    run_id = logged.stdout.strip().splitlines()[-1]
+    with psycopg.connect(settings.postgres_dsn(), autocommit=True) as connection:
+        rows = connection.execute("SELECT key, value FROM metrics WHERE run_uuid = %s", (run_id,)).fetchall()
+    assert rows == [("loss", 0.5)]
+
+
+def test_without_the_ca_the_client_refuses_the_server(team_stack, tmp_path):
+    settings, address, _ = team_stack
+    refused = as_alice(f"https://{address}:{settings.mlflow_tls_port}", None, tmp_path)
+    assert refused.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr[-500:]
+
+
+def test_plain_http_from_another_machine_is_refused(team_stack):
+    settings, address, _ = team_stack
+    with pytest.raises(requests.ConnectionError):  # the server itself listens on 127.0.0.1 only
+        requests.get(f"http://{address}:{settings.mlflow_port}/health", timeout=5)
+    on_tls_port = requests.get(f"http://{address}:{settings.mlflow_tls_port}/health", timeout=5)
+    assert on_tls_port.status_code == 400 and "HTTPS" in on_tls_port.text
+
+
+def test_a_name_the_server_was_not_told_about_is_refused(team_stack):
+    settings, address, ca = team_stack
+    url = f"https://{address}:{settings.mlflow_tls_port}/api/2.0/mlflow/experiments/search?max_results=1"
+    login = ("alice", ALICE_PASSWORD)
+    assert requests.get(url, auth=login, verify=ca, timeout=10).status_code == 200
+    assert requests.get(url, auth=login, verify=ca, headers={"Host": "evil.example.com"}, timeout=10).status_code == 403
+
+
+def test_status_shows_the_tls_front_and_the_ca_to_hand_out(team_stack):
+    settings, address, _ = team_stack
+    status = mlstack(settings, "status", "--stack", "mlflow", "--runtime", "native")
+    assert status.returncode == 0, status.stdout
+    flat = status.stdout.replace("\n", "")
+    assert "tls-proxy" in status.stdout and "ca.pem" in flat
