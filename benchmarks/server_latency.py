@@ -2,21 +2,26 @@
 
 Every server shares the running stack's backend store and artifact store: "shipped" is the stack's
 own server (with the fast store unless .env turns it off); the candidates are started here on free
-ports, on MLflow's own store, and stopped at the end. Each server is
+ports, on MLflow's own store, and stopped at the end. With authentication on in .env (the default),
+every candidate runs MLflow's basic-auth app on the stack's user database: the baseline with
+MLflow's default auth configuration (no login cache), the shipped ones with the stack's; one more
+row, the shipped server without authentication, names what the auth layer itself costs. Each server is
 measured only once its whole process group has gone quiet (MLflow starts a job runner and huey
 consumers that import for seconds after /health answers), and the servers take turns, round by
 round, so drift in the machine's speed spreads over all of them. Clients are plain `MlflowClient`s,
 as users have them; one extra row times raw HTTP (stdlib http.client) against the shipped server,
 without the client: about the server's share.
 
-    make up && .venv/bin/python benchmarks/server_latency.py [--requests 300] [--rounds 10]
+    make up && .venv/bin/python benchmarks/server_latency.py [--requests 300] [--rounds 10] [--deployments]
 
-The reverse-proxy candidates need `nginx` on PATH (Debian: nginx-light); without it they are skipped.
+--deployments adds the deployment variants compared in session 2 (uvicorn h11, gunicorn sync
+workers, nginx before uvicorn; nginx from PATH, Debian: nginx-light, else skipped).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -42,11 +47,13 @@ from rich.table import Table
 
 from mlstack.runtime.health import http_ok
 from mlstack.runtime.native.process import ManagedProcess, group_members
-from mlstack.runtime.native.runtime import gunicorn_options, mlflow_server_env
+from mlstack.runtime.native.runtime import auth_config, gunicorn_options, mlflow_server_env
 from mlstack.settings import Settings
+from mlstack.tracking.mlflow.config import use_credentials
 
 OPERATIONS = ("runs/get", "log-metric", "set-tag", "log-batch(1000)")
 BASELINE = "default mlflow server (uvicorn)"
+NO_AUTH = "shipped server without authentication"
 UPLOADS_HELD = 2
 
 
@@ -56,19 +63,31 @@ class Candidate:
     server_args: tuple[str, ...] = ()
     #: nginx in front of this candidate's server; upstream keep-alive on or off.
     proxy_keepalive: bool | None = None
+    #: "default": MLflow's basic-auth app as upstream configures it (no login cache); "shipped": with the
+    #: stack's auth configuration; "off": no authentication. Only with MLFLOW_AUTH on in .env.
+    auth: str = "default"
+    #: The store plugin (the shipped server's) instead of MLflow's own store.
+    fast_store: bool = False
 
 
-def candidates(settings: Settings) -> tuple[Candidate, ...]:
-    """The servers started here, all on MLflow's own store (MLSTACK_FAST_STORE=false)."""
+def candidates(settings: Settings, deployments: bool) -> list[Candidate]:
+    """The servers started here: the baseline, the shipped deployment on MLflow's own store, the shipped
+    server without authentication, and with `deployments` the variants of session 2."""
     shipped_gunicorn = ("--workers", str(settings.mlflow_workers), "--gunicorn-opts", gunicorn_options(settings))
-    return (
+    chosen = [
         Candidate(BASELINE),
-        Candidate("shipped gunicorn gthread, MLflow's own store", shipped_gunicorn),
-        Candidate("uvicorn, h11 parser", ("--uvicorn-opts", "--http h11")),
-        Candidate("gunicorn sync workers (no keep-alive)", ("--workers", "2", "--gunicorn-opts", "--timeout 900")),
-        Candidate("nginx (host check) -> uvicorn, upstream keep-alive", proxy_keepalive=True),
-        Candidate("nginx (host check) -> uvicorn, new upstream connections", proxy_keepalive=False),
-    )
+        Candidate("shipped gunicorn gthread, MLflow's own store", shipped_gunicorn, auth="shipped"),
+    ]
+    if settings.mlflow_auth:
+        chosen.append(Candidate(NO_AUTH, shipped_gunicorn, auth="off", fast_store=settings.mlstack_fast_store))
+    if deployments:
+        chosen += [
+            Candidate("uvicorn, h11 parser", ("--uvicorn-opts", "--http h11")),
+            Candidate("gunicorn sync workers (no keep-alive)", ("--workers", "2", "--gunicorn-opts", "--timeout 900")),
+            Candidate("nginx (host check) -> uvicorn, upstream keep-alive", proxy_keepalive=True),
+            Candidate("nginx (host check) -> uvicorn, new upstream connections", proxy_keepalive=False),
+        ]
+    return chosen
 
 
 NGINX_CONF = """\
@@ -147,12 +166,19 @@ def start_process(command: list[str], env: dict[str, str], workdir: Path, health
 
 def start_mlflow(settings: Settings, candidate: Candidate, workdir: Path) -> tuple[ManagedProcess, str]:
     port = free_port()
+    auth = settings.mlflow_auth and candidate.auth != "off"
     command = [
         *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
         *("--artifacts-destination", f"s3://{settings.mlflow_artifact_bucket}", *candidate.server_args),
+        *(("--app-name", "basic-auth") if auth else ()),
     ]
     url = f"http://127.0.0.1:{port}"
-    env = {**mlflow_server_env(settings), "MLSTACK_FAST_STORE": "false"}
+    env = {**mlflow_server_env(settings), "MLSTACK_FAST_STORE": str(candidate.fast_store).lower()}
+    if auth and candidate.auth == "default":  # upstream's configuration: the same user database, no login cache
+        config = workdir / f"basic_auth-{port}.ini"
+        database_uri = settings.backend_store_uri(with_password=False, database=settings.mlflow_auth_db)
+        config.write_text(auth_config(database_uri, settings.mlflow_auth_default_permission, cache_seconds=0))
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
     return start_process(command, env, workdir, f"{url}/health"), url
 
 
@@ -213,10 +239,12 @@ class RawHttpWorkload(Workload):
         super().__init__(url)
         parsed = urlsplit(url)
         self.connection = http.client.HTTPConnection(parsed.hostname, parsed.port)
+        login = f"{os.environ.get('MLFLOW_TRACKING_USERNAME', '')}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}"
+        self.authorization = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()}
 
     def request(self, method: str, endpoint: str, body: dict | None = None) -> None:
         payload = None if body is None else json.dumps(body)
-        headers = {} if body is None else {"Content-Type": "application/json"}
+        headers = {**self.authorization, **({} if body is None else {"Content-Type": "application/json"})}
         self.connection.request(method, f"/api/2.0/mlflow/runs/{endpoint}", body=payload, headers=headers)
         response = self.connection.getresponse()
         response.read()
@@ -247,8 +275,10 @@ def get_run_during_held_uploads(url: str, requests_count: int = 20, limit: float
         started.release()
         release.wait(timeout=120)
 
+    login = (os.environ.get("MLFLOW_TRACKING_USERNAME", ""), os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+
     def upload(index: int) -> None:
-        requests.put(f"{artifacts}/held{index}.bin", data=held_body(), timeout=180)
+        requests.put(f"{artifacts}/held{index}.bin", data=held_body(), auth=login, timeout=180)
 
     samples: list[float] = []
     with ThreadPoolExecutor(UPLOADS_HELD) as pool:
@@ -260,7 +290,7 @@ def get_run_during_held_uploads(url: str, requests_count: int = 20, limit: float
             target = f"{url}/api/2.0/mlflow/runs/get"
             for _ in range(requests_count):
                 start = time.perf_counter()
-                requests.get(target, params={"run_id": workload.run_id}, timeout=limit).raise_for_status()
+                requests.get(target, params={"run_id": workload.run_id}, auth=login, timeout=limit).raise_for_status()
                 samples.append((time.perf_counter() - start) * 1000)
         except requests.Timeout:
             return None
@@ -278,20 +308,23 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per single-call operation and server")
     parser.add_argument("--batches", type=int, default=20, help="log-batch(1000) requests per server")
     parser.add_argument("--rounds", type=int, default=10, help="turns the servers take")
+    parser.add_argument("--deployments", action="store_true", help="add session 2's deployment variants")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 160)  # the table stays readable in a log file
     settings = Settings.load()
+    use_credentials(settings)  # the client account of .env, for every client here
     if not http_ok(f"{settings.mlflow_url}/health"):
         raise SystemExit(f"no MLflow server answers at {settings.mlflow_url}: run `make up` first")
     nginx = shutil.which("nginx")
 
     store = "fast store" if settings.mlstack_fast_store else "MLflow's own store"
-    servers = [Server(f"shipped (gunicorn gthread, {store})", settings.mlflow_url)]
+    auth = ", auth with login cache" if settings.mlflow_auth else ""
+    servers = [Server(f"shipped (gunicorn gthread, {store}{auth})", settings.mlflow_url)]
     processes: list[ManagedProcess] = []
     with tempfile.TemporaryDirectory() as temporary:
         workdir = Path(temporary)
         try:
-            for candidate in candidates(settings):
+            for candidate in candidates(settings, args.deployments):
                 if candidate.proxy_keepalive is None:
                     process, url = start_mlflow(settings, candidate, workdir)
                 elif nginx is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from mlstack.envfile import update_env
 from mlstack.errors import ServiceStartError
 from mlstack.runtime import docker
 from mlstack.runtime.docker import DockerRuntime, judge_services, parse_ps
@@ -255,3 +256,20 @@ def test_docker_runtime_outside_a_checkout_names_the_missing_compose_file(tmp_pa
     runtime = DockerRuntime(Settings.load(tmp_path), Console())
     with pytest.raises(RuntimeUnavailableError, match="infra/mlflow/compose.yaml from the mlstack checkout"):
         runtime.status()
+
+
+def test_tls_on_starts_the_tls_profile_with_the_generated_certificate(project, monkeypatch):
+    update_env(project.env_file, {"MLFLOW_TLS": "true"})
+    settings = Settings.load(project.project_dir)
+    engine = FakeEngine(healthy_mlflow())
+    runtime = runtime_with(settings, monkeypatch, engine)
+
+    assert runtime.up() is True, "a healthy stack without its TLS front is not done"
+    [up_args] = engine.arguments("up")
+    assert up_args[:3] == ["--profile", "tls", "up"]
+    certificate = settings.state_path / "tls" / "server.pem"
+    assert certificate.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    config = runtime.rendered_config()["services"]["tls-proxy"]
+    mounts = {volume["target"]: volume["source"] for volume in config["volumes"]}
+    assert mounts["/certs/server.pem"] == str(certificate)
+    assert config["ports"][0]["host_ip"] == "127.0.0.1", "the front binds where MLFLOW_TLS_BIND_ADDRESS says"

@@ -166,3 +166,21 @@ def test_doctor_judges_only_what_the_selected_stack_needs(project, monkeypatch):
     clearml = runner.invoke(cli.app, ["doctor", "--stack", "clearml"])
     assert clearml.exit_code == 1
     assert "vm.max_map_count is 65530" in clearml.output and "MongoDB and Elasticsearch" in clearml.output
+
+
+def test_user_commands_with_auth_off_or_the_stack_down_are_one_clear_line(project):
+    down = assert_one_clear_line(mlstack(project.project_dir, "user", "add", "alice", "--password-stdin"))
+    assert "does not answer" in down and "make up" in down
+    update_env(project.env_file, {"MLFLOW_AUTH": "false"})
+    off = assert_one_clear_line(mlstack(project.project_dir, "user", "remove", "alice"))
+    assert "authentication is off (MLFLOW_AUTH=false in .env)" in off
+
+
+def test_the_servers_allowed_hosts_gain_each_public_name_with_any_port(project):
+    from mlstack.runtime.native.runtime import mlflow_server_env
+    from mlstack.settings import Settings
+
+    update_env(project.env_file, {"MLFLOW_PUBLIC_HOSTS": "mlflow.example.com, 10.0.0.7"})
+    allowed = mlflow_server_env(Settings.load(project.project_dir))["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert allowed[-4:] == ["mlflow.example.com", "mlflow.example.com:*", "10.0.0.7", "10.0.0.7:*"]
+    assert "127.0.0.1:*" in allowed
