@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +56,20 @@ def user_environment(home: Path) -> dict[str, str]:
     dropped = ("MLFLOW_", "CLEARML_", "TRAINS_", "MLSTACK_")
     env = {name: value for name, value in os.environ.items() if not name.startswith(dropped)}
     return {**env, "HOME": str(home), "COLUMNS": "160"}
+
+
+def run_mlstack(project_dir: Path, *args: str, stdin: str = "", timeout: float = 600) -> subprocess.CompletedProcess:
+    """`mlstack ...` in `project_dir` as a user runs it: a process of its own, in that folder, with
+    an environment free of test variables (HOME: project_dir/.home)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlstack.cli", *args],
+        cwd=project_dir,
+        env=user_environment(project_dir / ".home"),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def make_project(root: Path) -> Settings:

@@ -5,8 +5,6 @@ database role cannot act as a superuser, and a server restart keeps users and pe
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 
@@ -18,7 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from mlstack.bootstrap.mlflow import MlflowUsers
 from mlstack.tracking import ExperimentTracker, setup_mlflow
-from tests.conftest import user_environment
+from tests.conftest import run_mlstack
 
 pytestmark = pytest.mark.integration
 
@@ -44,19 +42,6 @@ ANONYMOUS_REQUESTS = [
 ]
 
 
-def cli(settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    """`mlstack ...` in the stack's project, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "mlstack.cli", *args],
-        cwd=settings.project_dir,
-        env=user_environment(settings.project_dir / ".home"),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def client_as(mlflow_stack, monkeypatch, username: str, password: str) -> MlflowClient:
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", username)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
@@ -68,11 +53,13 @@ def people(mlflow_stack):
     """A read-only and a writing person, added with `mlstack user add` (password on stdin)."""
     settings = mlflow_stack.settings
     for name, password, flags in (("reader", READER_PASSWORD, ["--read-only"]), ("writer", WRITER_PASSWORD, [])):
-        added = cli(settings, "user", "add", name, *flags, "--password-stdin", stdin=password + "\n")
+        added = run_mlstack(
+            settings.project_dir, "user", "add", name, *flags, "--password-stdin", stdin=password + "\n"
+        )
         assert added.returncode == 0, added.stdout + added.stderr
     yield
     for name in ("reader", "writer"):
-        cli(settings, "user", "remove", name)
+        run_mlstack(settings.project_dir, "user", "remove", name)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +78,11 @@ def test_requests_without_a_login_are_refused(mlflow_stack, method, path):
     assert answer.status_code == 401, answer.text[:200]
     wrong = requests.request(method, f"{mlflow_stack.tracking_uri}{path}", auth=("mlstack-client", "wrong"), timeout=30)
     assert wrong.status_code == 401
+
+
+def test_the_ui_asks_a_browser_for_a_login(mlflow_stack):
+    answer = requests.get(f"{mlflow_stack.tracking_uri}/", timeout=30)
+    assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("Basic")
 
 
 def test_health_answers_without_a_login_for_probes(mlflow_stack):
@@ -166,10 +158,13 @@ def test_a_server_restart_keeps_people_and_their_permissions(mlflow_stack, peopl
 def test_a_removed_person_is_refused(mlflow_stack):
     settings = mlflow_stack.settings
     password = "leaver-password-" + uuid.uuid4().hex[:8]
-    assert cli(settings, "user", "add", "leaver", "--password-stdin", stdin=password + "\n").returncode == 0
+    assert (
+        run_mlstack(settings.project_dir, "user", "add", "leaver", "--password-stdin", stdin=password + "\n").returncode
+        == 0
+    )
     url = f"{mlflow_stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
     assert requests.get(url, auth=("leaver", password), timeout=10).status_code == 200
-    removed = cli(settings, "user", "remove", "leaver")
+    removed = run_mlstack(settings.project_dir, "user", "remove", "leaver")
     assert removed.returncode == 0, removed.stdout + removed.stderr
     # the worker that removed it forgets the login at once, the others once MLFLOW_AUTH_CACHE_SECONDS pass
     deadline = time.monotonic() + settings.mlflow_auth_cache_seconds + 10

@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
-from mlstack.envfile import update_env
+from mlstack.envfile import read_env, update_env
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.settings import Settings
 from tests.conftest import REPO, scratch_stack_env
@@ -86,10 +86,10 @@ def test_first_run_in_a_private_folder_up_status_fault_repair_down_and_restart(p
         assert not runtime.postgres.data.is_relative_to(private_clone)
 
     # `up` wrote the client account's login to .env; a script exports it (or uses setup_mlflow)
-    login = Settings.load(private_clone)
-    assert login.mlflow_tracking_uri == settings.mlflow_url and login.mlflow_tracking_username
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", login.mlflow_tracking_username)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login.mlflow_tracking_password.get_secret_value())
+    written = read_env(private_clone / ".env")
+    assert written["MLFLOW_TRACKING_URI"] == settings.mlflow_url and written["MLFLOW_TRACKING_USERNAME"]
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", written["MLFLOW_TRACKING_USERNAME"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", written["MLFLOW_TRACKING_PASSWORD"])
     client = MlflowClient(settings.mlflow_url)
     experiment_id = client.create_experiment("kept-across-restarts")
     run_id = client.create_run(experiment_id).info.run_id

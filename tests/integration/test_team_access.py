@@ -24,7 +24,7 @@ from mlstack.errors import MissingToolError
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.runtime.native.tools import find_tools
 from mlstack.settings import Settings
-from tests.conftest import REQUIRED_RUNTIME, free_port, make_project, user_environment
+from tests.conftest import REQUIRED_RUNTIME, free_port, make_project, run_mlstack
 
 pytestmark = pytest.mark.integration
 
@@ -36,18 +36,6 @@ def machine_address() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect(("192.0.2.1", 9))  # a documentation address: nothing is sent
         return probe.getsockname()[0]
-
-
-def mlstack(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mlstack.cli", *args],
-        cwd=settings.project_dir,
-        env=user_environment(settings.project_dir / ".home"),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +64,11 @@ def team_stack():
         pytest.skip(str(missing))
     runtime = NativeRuntime(settings, Console(stderr=True))
     try:
-        up = mlstack(settings, "up", "--stack", "mlflow", "--runtime", "native")
+        up = run_mlstack(settings.project_dir, "up", "--stack", "mlflow", "--runtime", "native")
         assert up.returncode == 0, up.stdout + up.stderr
-        added = mlstack(settings, "user", "add", "alice", "--password-stdin", stdin=ALICE_PASSWORD + "\n")
+        added = run_mlstack(
+            settings.project_dir, "user", "add", "alice", "--password-stdin", stdin=ALICE_PASSWORD + "\n"
+        )
         assert added.returncode == 0, added.stdout + added.stderr
         handed_over = root / "alice" / "ca.pem"  # what alice gets: the CA certificate, never its key
         handed_over.parent.mkdir()
@@ -152,7 +142,7 @@ def test_a_name_the_server_was_not_told_about_is_refused(team_stack):
 
 def test_status_shows_the_tls_front_and_the_ca_to_hand_out(team_stack):
     settings, address, _ = team_stack
-    status = mlstack(settings, "status", "--stack", "mlflow", "--runtime", "native")
+    status = run_mlstack(settings.project_dir, "status", "--stack", "mlflow", "--runtime", "native")
     assert status.returncode == 0, status.stdout
     flat = status.stdout.replace("\n", "")
     assert "tls-proxy" in status.stdout and "ca.pem" in flat

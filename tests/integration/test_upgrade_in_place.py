@@ -5,8 +5,6 @@ role, the server runs with authentication, and the runs recorded before are stil
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from mlstack.envfile import read_env, update_env, write_private
 from mlstack.errors import MissingToolError
 from mlstack.runtime.native.tools import find_tools
 from mlstack.settings import Settings
-from tests.conftest import make_project, user_environment
+from tests.conftest import make_project, run_mlstack
 from tests.stack import NativeStack
 
 pytestmark = pytest.mark.integration
@@ -95,15 +93,7 @@ def test_mlstack_up_converts_an_old_stack_and_keeps_its_runs(old_stack, monkeypa
     make_it_old(settings)
     old_stack.stop()
 
-    env = user_environment(settings.project_dir / ".home")
-    upgrade = subprocess.run(
-        [sys.executable, "-m", "mlstack.cli", "up", "--stack", "mlflow", "--runtime", "native"],
-        cwd=settings.project_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    upgrade = run_mlstack(settings.project_dir, "up", "--stack", "mlflow", "--runtime", "native")
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
     output = upgrade.stdout.replace("\n", " ")
     assert "MLflow database role: created" in output and "handed over" in output, output
@@ -126,12 +116,5 @@ def test_mlstack_up_converts_an_old_stack_and_keeps_its_runs(old_stack, monkeypa
     assert client.get_run(run.info.run_id).data.metrics == {"loss": 0.25}
     client.log_metric(run.info.run_id, "loss", 0.125, step=1)
 
-    second = subprocess.run(
-        [sys.executable, "-m", "mlstack.cli", "up", "--stack", "mlflow", "--runtime", "native"],
-        cwd=settings.project_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    second = run_mlstack(settings.project_dir, "up", "--stack", "mlflow", "--runtime", "native")
     assert second.returncode == 0 and "already running and healthy" in second.stdout, second.stdout + second.stderr

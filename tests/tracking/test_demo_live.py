@@ -5,14 +5,12 @@ objects in MinIO, and the plots real PNG images."""
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
 
 from mlstack.demo import ALIAS, EXPERIMENT, MODEL_NAME, SELECTION_METRIC
-from tests.conftest import user_environment
+from tests.conftest import run_mlstack
 
 pytestmark = pytest.mark.integration
 
@@ -22,20 +20,12 @@ CANDIDATES = 10
 
 
 @pytest.fixture(scope="module")
-def demo_runs(mlflow_stack, tmp_path_factory):
+def demo_runs(mlflow_stack):
     """`mlstack demo`, twice, in the stack's project as a user runs it after `make up` (which wrote
     MLFLOW_TRACKING_URI and the client account's credentials to .env): nothing else in the environment."""
-    env = user_environment(tmp_path_factory.mktemp("home"))
     outputs = []
     for _ in range(2):
-        demo = subprocess.run(
-            [sys.executable, "-m", "mlstack.cli", "demo"],
-            cwd=mlflow_stack.settings.project_dir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        demo = run_mlstack(mlflow_stack.settings.project_dir, "demo")
         assert demo.returncode == 0, demo.stdout + demo.stderr
         outputs.append(demo.stdout + demo.stderr)
     return outputs

@@ -5,15 +5,12 @@ model rather than failing."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from mlflow import MlflowClient
 
 from mlstack.demo import ALIAS, EXPERIMENT, MODEL_NAME
 from mlstack.envfile import update_env
-from tests.conftest import free_port, make_project, user_environment
+from tests.conftest import free_port, make_project, run_mlstack
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("val_rmse_per_run.png", "champion_predicted_vs_actual.png", "champion_residuals.png")
@@ -24,17 +21,9 @@ CANDIDATES = 10
 def demo_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-no-stack")
     settings = make_project(root / "project")
-    env = user_environment(root / "home")
     outputs = []
     for _ in range(2):
-        demo = subprocess.run(
-            [sys.executable, "-m", "mlstack.cli", "demo"],
-            cwd=settings.project_dir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        demo = run_mlstack(settings.project_dir, "demo")
         assert demo.returncode == 0, demo.stdout + demo.stderr
         outputs.append(demo.stdout + demo.stderr)
         # then the user ran `make up`, `make bootstrap-credentials` and `make down`
