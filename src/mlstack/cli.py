@@ -19,7 +19,10 @@ from mlstack.bootstrap.mlflow import CLIENT_STEPS, WRITER_PERMISSION, MlflowUser
 from mlstack.bootstrap.preflight import require_mlflow_stack
 from mlstack.doctor import check_max_map_count
 from mlstack.errors import MlstackError, ProjectNotFoundError, RuntimeUnavailableError
+from mlstack.maintenance.gc import collect_garbage, parse_duration
+from mlstack.maintenance.mlflow import backup_mlflow, print_counts, restore_mlflow, upgrade_mlflow
 from mlstack.runtime import resolve_runtime_name, select_runtime, select_runtimes
+from mlstack.runtime.base import MlflowStackRuntime
 from mlstack.runtime.health import http_ok
 from mlstack.runtime.native.tools import find_compose, find_tools, install_tools
 from mlstack.secrets import check_secrets, init_env, mask
@@ -374,6 +377,72 @@ def user_remove(name: str) -> None:
         raise MlstackError(f"there is no user {name!r} on {users.url}")
     users.delete(name)
     console.print(f"user {name}: removed")
+
+
+def _mlflow_runtime(command: str, runtime: RuntimeName | None) -> MlflowStackRuntime:
+    """The MLflow stack's runtime, which must be running (backup, restore and upgrade talk to it)."""
+    settings = _project_settings()
+    require_mlflow_stack(settings, command=f"mlstack {command}")
+    return select_runtime(settings, console, runtime, "mlflow")
+
+
+@app.command()
+def backup(
+    output: Annotated[
+        Path | None, typer.Option(help="Folder of the archive (default: MLSTACK_BACKUP_DIR, .mlstack/backups).")
+    ] = None,
+    include_secrets: Annotated[
+        bool, typer.Option(help="Put .env in the archive too (then keep the archive like .env).")
+    ] = False,
+    runtime: RuntimeOption = None,
+) -> None:
+    """One archive of the running MLflow stack: both databases, every artifact, a manifest with versions,
+    counts and checksums. Taken while the stack runs; written 0600."""
+    chosen = _mlflow_runtime("backup", runtime)
+    made = backup_mlflow(chosen.settings, chosen, output or chosen.settings.backup_path, console, include_secrets)
+    console.print(f"backup: {made.path} ({made.path.stat().st_size:,} bytes)")
+    print_counts(console, "in the archive", made.manifest.counts)
+
+
+@app.command()
+def restore(
+    archive: Path,
+    force: Annotated[bool, typer.Option(help="Replace everything a stack that is not empty holds.")] = False,
+    runtime: RuntimeOption = None,
+) -> None:
+    """Restore an archive of `mlstack backup` onto the running MLflow stack, which must hold nothing
+    (a fresh `make up`) unless --force; the archive is checked whole first, the counts afterwards."""
+    chosen = _mlflow_runtime("restore", runtime)
+    counts = restore_mlflow(chosen.settings, chosen, archive.resolve(), console, force=force)
+    run_steps(CLIENT_STEPS, _project_settings(), _report_step)
+    print_counts(console, f"restored from {archive.name}: every count matches the archive's", counts)
+
+
+@app.command()
+def upgrade(runtime: RuntimeOption = None) -> None:
+    """Stop the MLflow server, back up, run the schema migration (`mlflow db upgrade`), start it again;
+    if the migration fails, restore the backup and say so."""
+    chosen = _mlflow_runtime("upgrade", runtime)
+    archive = upgrade_mlflow(chosen.settings, chosen, chosen.settings.backup_path, console)
+    console.print(f"upgraded: the schema is current and the server is up (backup before: {archive})")
+
+
+@app.command()
+def gc(
+    older_than: Annotated[
+        str | None, typer.Option(help="Only runs deleted at least this long ago: 30d, 12h, 90m.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Say what would be freed; delete nothing.")] = False,
+) -> None:
+    """Permanently delete runs already deleted, with their artifacts in the bucket (which `mlflow gc`
+    cannot do for proxied artifacts); reports runs and bytes freed."""
+    settings = _project_settings()
+    require_mlflow_stack(settings, command="mlstack gc")
+    report = collect_garbage(settings, parse_duration(older_than) if older_than else None, dry_run=dry_run)
+    verb = "would free" if dry_run else "freed"
+    console.print(f"gc: {verb} {len(report.runs)} deleted runs, {report.objects} objects, {report.bytes:,} bytes")
+    for run_id, where in report.skipped.items():
+        console.print(f"gc: left run {run_id} alone: its artifacts are at {where}, not in this stack's bucket")
 
 
 @app.command()

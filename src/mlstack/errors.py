@@ -47,3 +47,7 @@ class ProjectNotFoundError(MlstackError):
 
 class StackNotReadyError(MlstackError):
     """A service that a command needs does not answer."""
+
+
+class BackupError(MlstackError):
+    """A backup, restore, upgrade or gc could not be done; nothing was left half-done (the message says)."""

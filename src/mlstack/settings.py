@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     project_dir: Path = Field(default_factory=find_project_dir, alias="MLSTACK_PROJECT_DIR")
     state_dir: Path | None = Field(default=None, alias="MLSTACK_STATE_DIR")
     tools_dir: Path | None = Field(default=None, alias="MLSTACK_TOOLS_DIR")
+    #: Where `mlstack backup` (and `upgrade`'s backup) writes archives. Default: <state dir>/backups.
+    backup_dir: Path | None = Field(default=None, alias="MLSTACK_BACKUP_DIR")
     runtime: RuntimeName = Field(default="auto", alias="MLSTACK_RUNTIME")
     bind_address: str = Field(default="127.0.0.1", alias="MLSTACK_BIND_ADDRESS")
 
@@ -200,6 +202,10 @@ class Settings(BaseSettings):
     @property
     def state_path(self) -> Path:
         return (self.state_dir or self.project_dir / ".mlstack").resolve()
+
+    @property
+    def backup_path(self) -> Path:
+        return (self.backup_dir or self.state_path / "backups").resolve()
 
     @property
     def tools_path(self) -> Path:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Protocol
+
+from mlstack.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -26,3 +28,17 @@ class Runtime(Protocol):
     def down(self) -> None: ...
 
     def status(self) -> list[ServiceStatus]: ...
+
+
+class MlflowStackRuntime(Runtime, Protocol):
+    """What backup, restore and upgrade need of the MLflow stack's runtime."""
+
+    settings: Settings
+
+    def stop_server(self) -> None: ...
+
+    def migrate(self) -> None: ...
+
+    def postgres_client(
+        self, program: str, args: list[str], stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
+    ) -> None: ...

@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 from dataclasses import dataclass
+from typing import IO
 
 from rich.console import Console
 
-from mlstack.errors import RuntimeUnavailableError, ServiceStartError
+from mlstack.errors import BackupError, RuntimeUnavailableError, ServiceStartError
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.native.tools import find_compose
 from mlstack.secrets import check_secrets
@@ -108,8 +109,8 @@ class DockerRuntime:
     up_timeout: int = 600
     """Seconds `up` may take: compose's --wait-timeout, and the bound on the whole run (builds included)."""
 
-    def compose(self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
-        """The compose CLI on this stack's file and the project's .env; killed after `timeout` seconds."""
+    def command(self, *args: str) -> list[str]:
+        """The compose CLI on this stack's file and the project's .env, with `args`."""
         compose_file = self.settings.project_dir / "infra" / self.stack / "compose.yaml"
         if not compose_file.is_file():
             raise RuntimeUnavailableError(
@@ -119,7 +120,11 @@ class DockerRuntime:
         command = find_compose(self.settings)
         if command is None:
             raise RuntimeUnavailableError("The docker runtime needs the compose plugin: `docker compose version`.")
-        full = [*command, "-f", str(compose_file), "--env-file", str(self.settings.env_file), *args]
+        return [*command, "-f", str(compose_file), "--env-file", str(self.settings.env_file), *args]
+
+    def compose(self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
+        """The compose CLI (see `command`); killed after `timeout` seconds."""
+        full = self.command(*args)
         try:
             result = subprocess.run(
                 full, capture_output=True, text=True, cwd=self.settings.project_dir, timeout=timeout, env=self._env()
@@ -190,3 +195,21 @@ class DockerRuntime:
 
     def kill(self, service: str) -> None:
         self.compose(*ALL_PROFILES, "kill", service)
+
+    def stop_server(self) -> None:
+        """Stop the MLflow server (and the TLS front); `up` starts them again."""
+        self.compose(*ALL_PROFILES, "stop", "tls-proxy", "mlflow")
+
+    def migrate(self) -> None:
+        self.compose("run", "--rm", "migrate", timeout=self.up_timeout)
+
+    def postgres_client(
+        self, program: str, args: list[str], stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
+    ) -> None:
+        """Run a PostgreSQL client program inside the postgres container, as the superuser (its password
+        from the container's own environment, never on a command line)."""
+        login = 'PGPASSWORD="$POSTGRES_PASSWORD" exec "$@" -h 127.0.0.1 -U "$POSTGRES_USER"'
+        full = self.command("exec", "-T", "postgres", "sh", "-c", login, "sh", program, *args)
+        result = subprocess.run(full, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=self._env())
+        if result.returncode != 0:
+            raise BackupError(f"{program} failed: {result.stderr.decode(errors='replace')[-2000:]}")

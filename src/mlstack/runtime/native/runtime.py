@@ -22,13 +22,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from rich.console import Console
 
 from mlstack.bootstrap import MINIO_STEPS, StepResult, run_steps
 from mlstack.bootstrap.database import DATABASE_STEPS
 from mlstack.envfile import write_private
-from mlstack.errors import ConfigError, RuntimeUnavailableError, ServiceStartError
+from mlstack.errors import BackupError, ConfigError, RuntimeUnavailableError, ServiceStartError
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.health import http_ok, postgres_ok, wait_until
 from mlstack.runtime.native.process import ManagedProcess
@@ -139,6 +140,33 @@ class NativeRuntime:
     def kill(self, service: str) -> None:
         """SIGKILL one service, as a crash would; `up` starts it again."""
         self.processes[service].kill()
+
+    def stop_server(self) -> None:
+        """Stop the MLflow server (and the TLS front); the stores keep running. `up` starts them again."""
+        for name in ("tls-proxy", "mlflow"):
+            self.processes[name].stop()
+
+    def migrate(self) -> None:
+        self._migrate()
+
+    def postgres_client(
+        self, program: str, args: list[str], stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
+    ) -> None:
+        """Run a PostgreSQL client program (pg_dump, pg_restore) against the stack, as the superuser."""
+        s = self.settings
+        command = [
+            str(find_tools(s).postgres_bin / program),
+            "-h",
+            s.postgres_host,
+            "-p",
+            str(s.postgres_port),
+            "-U",
+            s.postgres_user,
+        ]
+        env = {**_base_env(), "PGPASSWORD": s.postgres_password.get_secret_value()}
+        result = subprocess.run([*command, *args], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env)
+        if result.returncode != 0:
+            raise BackupError(f"{program} failed: {result.stderr.decode(errors='replace')[-2000:]}")
 
     def server_pids(self) -> list[int]:
         """Every pid of the MLflow server's process group (main process, workers, job runners)."""

@@ -1,0 +1,313 @@
+"""Backup, restore and upgrade of the MLflow stack.
+
+Backup, while the stack runs: each MLflow database (the backend store, the auth app's users) is
+dumped with pg_dump from a snapshot in which the rows are counted too, so the manifest's counts are
+the dump's; then every object of the artifact bucket is copied, listed after the dumps, so every
+artifact a dumped run refers to is there. Restore goes onto a started stack that holds nothing
+(or, with `force`, replaces what it holds), after the archive checked whole; the counts are
+verified afterwards. Upgrade stops the server, backs up, migrates, and restores on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path, PurePosixPath
+from tempfile import TemporaryDirectory
+
+import psycopg
+from packaging.version import Version
+from psycopg import sql
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from mlstack.bootstrap import run_steps
+from mlstack.bootstrap.database import DATABASE_STEPS
+from mlstack.bootstrap.minio import minio_admin, root_s3
+from mlstack.errors import BackupError
+from mlstack.maintenance.archive import Manifest, read_archive, write_archive
+from mlstack.runtime.base import MlflowStackRuntime
+from mlstack.settings import Settings
+
+#: Row counts the manifest records and restore verifies (tables of the backend store).
+COUNTED_TABLES = (
+    "experiments",
+    "runs",
+    "metrics",
+    "latest_metrics",
+    "params",
+    "tags",
+    "experiment_tags",
+    "datasets",
+    "inputs",
+    "registered_models",
+    "model_versions",
+    "registered_model_aliases",
+    "logged_models",
+)
+OBJECTS = "objects"
+DUMPS = "postgres"
+
+
+def _databases(settings: Settings) -> tuple[str, str]:
+    return settings.postgres_db, settings.mlflow_auth_db
+
+
+@contextlib.contextmanager
+def _exported_snapshot(settings: Settings, database: str) -> Iterator[tuple[psycopg.Connection, str]]:
+    """A repeatable-read transaction in `database` and its exported snapshot id (for pg_dump --snapshot)."""
+    with psycopg.connect(settings.postgres_dsn(database)) as connection:
+        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        (snapshot,) = connection.execute("SELECT pg_export_snapshot()").fetchone()
+        yield connection, snapshot
+        connection.rollback()
+
+
+def _row_counts(connection: psycopg.Connection, tables: tuple[str, ...]) -> dict[str, int]:
+    counts = {}
+    for table in tables:
+        if connection.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone()[0] is not None:
+            query = sql.SQL("SELECT count(*) FROM public.{}").format(sql.Identifier(table))
+            counts[table] = connection.execute(query).fetchone()[0]
+    return counts
+
+
+def stack_counts(settings: Settings) -> dict[str, int]:
+    """What the running stack holds now: rows per table, auth users, objects and bytes in the bucket."""
+    with psycopg.connect(settings.postgres_dsn(), autocommit=True) as connection:
+        counts = _row_counts(connection, COUNTED_TABLES)
+    with psycopg.connect(settings.postgres_dsn(settings.mlflow_auth_db), autocommit=True) as connection:
+        counts |= {f"auth_{table}": n for table, n in _row_counts(connection, ("users",)).items()}
+    objects = list(_objects(settings))
+    return counts | {"objects": len(objects), "object_bytes": sum(size for _, size in objects)}
+
+
+def _objects(settings: Settings) -> Iterator[tuple[str, int]]:
+    pages = root_s3(settings).get_paginator("list_objects_v2").paginate(Bucket=settings.mlflow_artifact_bucket)
+    for page in pages:
+        for item in page.get("Contents", []):
+            yield item["Key"], item["Size"]
+
+
+def _component_versions(settings: Settings) -> dict[str, str]:
+    versions = {"mlflow": version("mlflow"), "mlstack": version("mlstack")}
+    with psycopg.connect(settings.postgres_dsn(), autocommit=True) as connection:
+        versions["postgres"] = connection.execute("SHOW server_version").fetchone()[0]
+        versions["mlflow_schema"] = connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    with psycopg.connect(settings.postgres_dsn(settings.mlflow_auth_db), autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT version_num FROM alembic_version" if _has_table(connection, "alembic_version") else "SELECT ''"
+        ).fetchone()
+        versions["auth_schema"] = row[0] if row else ""
+    with contextlib.suppress(Exception):  # the version is informative; a MinIO without admin info still backs up
+        servers = json.loads(minio_admin(settings).info()).get("servers", [])
+        versions["minio"] = servers[0].get("version", "") if servers else ""
+    return versions
+
+
+def _has_table(connection: psycopg.Connection, table: str) -> bool:
+    return connection.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone()[0] is not None
+
+
+def _safe_key(key: str) -> PurePosixPath:
+    path = PurePosixPath(key)
+    if path.is_absolute() or ".." in path.parts:
+        raise BackupError(f"the bucket holds an object named {key!r}, which cannot be a file in an archive")
+    return path
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
+    )
+
+
+@dataclass(frozen=True)
+class Backup:
+    path: Path
+    manifest: Manifest
+
+
+def backup_mlflow(
+    settings: Settings,
+    runtime: MlflowStackRuntime,
+    output: Path,
+    console: Console,
+    include_secrets: bool = False,
+) -> Backup:
+    """One archive of the running MLflow stack in `output` (see the module docstring)."""
+    output.mkdir(parents=True, exist_ok=True)
+    destination = output / f"mlstack-mlflow-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.tar"
+    with TemporaryDirectory(dir=output, prefix=".mlstack-backup-") as temporary:
+        folder = Path(temporary)
+        (folder / DUMPS).mkdir()
+        counts: dict[str, int] = {}
+        versions = _component_versions(settings)
+        for database, tables, prefix in (
+            (settings.postgres_db, COUNTED_TABLES, ""),
+            (settings.mlflow_auth_db, ("users",), "auth_"),
+        ):
+            with console.status(f"dumping {database}"), _exported_snapshot(settings, database) as (connection, snap):
+                counts |= {f"{prefix}{table}": n for table, n in _row_counts(connection, tables).items()}
+                with (folder / DUMPS / f"{database}.dump").open("wb") as dump:
+                    runtime.postgres_client("pg_dump", ["--format=custom", f"--snapshot={snap}", database], stdout=dump)
+        objects = list(_objects(settings))  # listed after the dumps: every artifact they refer to is here
+        s3 = root_s3(settings)
+        with _progress(console) as progress:
+            task = progress.add_task(f"copying {len(objects)} objects", total=sum(size for _, size in objects))
+            for key, size in objects:
+                target = folder / OBJECTS / _safe_key(key)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(settings.mlflow_artifact_bucket, key, str(target))
+                progress.advance(task, size)
+        counts |= {"objects": len(objects), "object_bytes": sum(size for _, size in objects)}
+        if include_secrets:
+            (folder / "secrets").mkdir()
+            (folder / "secrets" / ".env").write_bytes(settings.env_file.read_bytes())
+        manifest = Manifest("mlflow", datetime.now(UTC).isoformat(), versions, counts)
+        with console.status("writing the archive"):
+            return Backup(write_archive(folder, manifest, destination), manifest)
+
+
+def is_empty(counts: dict[str, int]) -> bool:
+    """A freshly started stack: no runs, no models, no experiment but Default, no objects."""
+    return (
+        counts.get("runs", 0) == 0
+        and counts.get("registered_models", 0) == 0
+        and counts.get("experiments", 0) <= 1
+        and counts.get("objects", 0) == 0
+    )
+
+
+def restore_mlflow(
+    settings: Settings, runtime: MlflowStackRuntime, archive: Path, console: Console, force: bool = False
+) -> dict[str, int]:
+    """Restore `archive` onto the running stack (see the module docstring); returns the counts verified."""
+    with TemporaryDirectory(dir=settings.state_path, prefix=".restore-") as temporary:
+        folder = Path(temporary)
+        with console.status("checking the archive"):
+            manifest = read_archive(archive, folder)
+        if manifest.stack != "mlflow":
+            raise BackupError(f"{archive} is a backup of the {manifest.stack} stack, not of the MLflow stack")
+        archived, installed = manifest.versions.get("mlflow", "0"), version("mlflow")
+        if Version(archived) > Version(installed):
+            raise BackupError(
+                f"{archive} was taken with MLflow {archived}, newer than this stack's {installed}: "
+                "restore it with that mlstack version (or newer); nothing was changed"
+            )
+        current = stack_counts(settings)
+        if not force and not is_empty(current):
+            raise BackupError(
+                f"the stack is not empty ({current.get('runs', 0)} runs, {current.get('experiments', 0)} experiments, "
+                f"{current.get('registered_models', 0)} registered models, {current['objects']} objects): restore "
+                "onto a freshly started stack, or pass --force to replace everything in it; nothing was changed"
+            )
+        runtime.stop_server()
+        try:
+            for database in _databases(settings):
+                _recreate_database(settings, database)
+                with (folder / DUMPS / f"{database}.dump").open("rb") as dump:
+                    arguments = [
+                        "--no-owner",
+                        f"--role={settings.mlflow_db_user}",
+                        "--exit-on-error",
+                        "--dbname",
+                        database,
+                    ]
+                    runtime.postgres_client("pg_restore", arguments, stdin=dump)
+            run_steps(DATABASE_STEPS, settings, lambda result: None)
+            _replace_objects(settings, folder / OBJECTS, console)
+            if settings.mlflow_auth:
+                _reset_stack_logins(settings)
+        except Exception as error:
+            raise BackupError(
+                f"restore from {archive} failed midway ({error}); the stack is partly restored: "
+                f"run `mlstack restore {archive} --force` again once the cause is fixed"
+            ) from error
+        finally:
+            runtime.up()
+    restored = stack_counts(settings)
+    differences = {
+        key: (expected, restored.get(key)) for key, expected in manifest.counts.items() if restored.get(key) != expected
+    }
+    if differences:
+        listed = ", ".join(f"{key}: {got} instead of {expected}" for key, (expected, got) in differences.items())
+        raise BackupError(f"restored from {archive}, but the counts differ from the archive's: {listed}")
+    return restored
+
+
+def _recreate_database(settings: Settings, database: str) -> None:
+    with psycopg.connect(settings.postgres_dsn("postgres"), autocommit=True) as connection:
+        name = sql.Identifier(database)
+        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(name, sql.Identifier(settings.mlflow_db_user)))
+
+
+def _replace_objects(settings: Settings, folder: Path, console: Console) -> None:
+    """Make the bucket hold exactly the archive's objects."""
+    s3, bucket = root_s3(settings), settings.mlflow_artifact_bucket
+    stale = [key for key, _ in _objects(settings)]
+    for start in range(0, len(stale), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in stale[start : start + 1000]]})
+    files = [path for path in sorted(folder.rglob("*")) if path.is_file()] if folder.is_dir() else []
+    with _progress(console) as progress:
+        task = progress.add_task(f"restoring {len(files)} objects", total=sum(path.stat().st_size for path in files))
+        for path in files:
+            s3.upload_file(str(path), bucket, path.relative_to(folder).as_posix())
+            progress.advance(task, path.stat().st_size)
+
+
+def _reset_stack_logins(settings: Settings) -> None:
+    """The restored user database keeps people's passwords; the admin and the client account take this
+    .env's, so mlstack (and the team's scripts) keep working with the stack's own secrets."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(settings.backend_store_uri(database=settings.mlflow_auth_db))
+    logins = {settings.mlflow_auth_admin_username: (settings.mlflow_auth_admin_password.get_secret_value(), True)}
+    if settings.mlflow_tracking_username and settings.mlflow_tracking_password:
+        logins[settings.mlflow_tracking_username] = (settings.mlflow_tracking_password.get_secret_value(), False)
+    for username, (password, is_admin) in logins.items():
+        if store.has_user(username):
+            store.update_user(username, password=password, is_admin=is_admin or None)
+        else:
+            store.create_user(username, password, is_admin=is_admin)
+    store.engine.dispose()
+
+
+def print_counts(console: Console, title: str, counts: dict[str, int]) -> None:
+    table = Table("what", "count", title=title, title_justify="left")
+    for key, value in counts.items():
+        table.add_row(key, f"{value:,}")
+    console.print(table)
+
+
+def upgrade_mlflow(
+    settings: Settings,
+    runtime: MlflowStackRuntime,
+    output: Path,
+    console: Console,
+    migrate: Callable[[], None] | None = None,
+) -> Path:
+    """Stop the server, back up, run the schema migration (`migrate`, default the runtime's), start it
+    again; when the migration fails, restore the backup and raise saying so. Returns the backup."""
+    runtime.stop_server()
+    archive = backup_mlflow(settings, runtime, output, console).path
+    console.print(f"backup before the upgrade: {archive}")
+    try:
+        (migrate or runtime.migrate)()
+    except Exception as error:  # noqa: BLE001 - any failure of the migration rolls back
+        console.print(f"[red]the schema migration failed:[/] {error}")
+        console.print(f"restoring {archive}")
+        restore_mlflow(settings, runtime, archive, console, force=True)
+        raise BackupError(
+            f"upgrade failed in the schema migration ({error}); the stack was restored from {archive} "
+            "and runs as before"
+        ) from None
+    runtime.up()
+    return archive
