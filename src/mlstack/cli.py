@@ -19,10 +19,11 @@ from mlstack.bootstrap.mlflow import CLIENT_STEPS, WRITER_PERMISSION, MlflowUser
 from mlstack.bootstrap.preflight import require_mlflow_stack
 from mlstack.doctor import check_max_map_count
 from mlstack.errors import MlstackError, ProjectNotFoundError, RuntimeUnavailableError
+from mlstack.maintenance.archive import archive_stack
+from mlstack.maintenance.clearml import backup_clearml, check_upgrade, restore_clearml
 from mlstack.maintenance.gc import collect_garbage, parse_duration
 from mlstack.maintenance.mlflow import backup_mlflow, print_counts, restore_mlflow, upgrade_mlflow
 from mlstack.runtime import resolve_runtime_name, select_runtime, select_runtimes
-from mlstack.runtime.base import MlflowStackRuntime
 from mlstack.runtime.health import http_ok
 from mlstack.runtime.native.tools import find_compose, find_tools, install_tools
 from mlstack.secrets import check_secrets, init_env, mask
@@ -379,29 +380,56 @@ def user_remove(name: str) -> None:
     console.print(f"user {name}: removed")
 
 
-def _mlflow_runtime(command: str, runtime: RuntimeName | None) -> MlflowStackRuntime:
-    """The MLflow stack's runtime, which must be running (backup, restore and upgrade talk to it)."""
+def _stack_runtime(command: str, stack: StackName, runtime: RuntimeName | None):
+    """The runtime of a running stack (backup, restore and upgrade talk to its services)."""
     settings = _project_settings()
-    require_mlflow_stack(settings, command=f"mlstack {command}")
-    return select_runtime(settings, console, runtime, "mlflow")
+    if stack == "mlflow":
+        require_mlflow_stack(settings, command=f"mlstack {command}")
+    elif not http_ok(f"{settings.clearml_api_url}/debug.ping"):
+        raise MlstackError(
+            f"no ClearML apiserver answers at {settings.clearml_api_url}: start it with `make up STACK=clearml`"
+        )
+    return select_runtime(settings, console, runtime, stack)
+
+
+def _maintained(stack: str) -> list[StackName]:
+    """The stacks `--stack` names; with `all`, the ClearML stack only when its server answers."""
+    if stack != "all":
+        return [stack]
+    settings = _project_settings()
+    if http_ok(f"{settings.clearml_api_url}/debug.ping"):
+        return ["mlflow", "clearml"]
+    console.print(f"[yellow]skipping the ClearML stack:[/] no apiserver answers at {settings.clearml_api_url}")
+    return ["mlflow"]
+
+
+MaintainedStack = Annotated[
+    Literal["mlflow", "clearml", "all"], typer.Option("--stack", help="mlflow, clearml (docker runtime), or all.")
+]
 
 
 @app.command()
 def backup(
     output: Annotated[
-        Path | None, typer.Option(help="Folder of the archive (default: MLSTACK_BACKUP_DIR, .mlstack/backups).")
+        Path | None, typer.Option(help="Folder of the archives (default: MLSTACK_BACKUP_DIR, .mlstack/backups).")
     ] = None,
     include_secrets: Annotated[
-        bool, typer.Option(help="Put .env in the archive too (then keep the archive like .env).")
+        bool, typer.Option(help="Put .env in the MLflow archive too (then keep the archive like .env).")
     ] = False,
+    stack: MaintainedStack = "mlflow",
     runtime: RuntimeOption = None,
 ) -> None:
-    """One archive of the running MLflow stack: both databases, every artifact, a manifest with versions,
-    counts and checksums. Taken while the stack runs; written 0600."""
-    chosen = _mlflow_runtime("backup", runtime)
-    made = backup_mlflow(chosen.settings, chosen, output or chosen.settings.backup_path, console, include_secrets)
-    console.print(f"backup: {made.path} ({made.path.stat().st_size:,} bytes)")
-    print_counts(console, "in the archive", made.manifest.counts)
+    """One archive per stack, taken while it runs, with a manifest of versions, counts and checksums
+    (MLflow: both databases and every artifact; ClearML: MongoDB, Elasticsearch, fileserver). Mode 0600."""
+    for one in _maintained(stack):
+        chosen = _stack_runtime("backup", one, runtime)
+        folder = output or chosen.settings.backup_path
+        if one == "mlflow":
+            made = backup_mlflow(chosen.settings, chosen, folder, console, include_secrets)
+        else:
+            made = backup_clearml(chosen, folder, console)
+        console.print(f"backup: {made.path} ({made.path.stat().st_size:,} bytes)")
+        print_counts(console, f"{one}: in the archive", made.manifest.counts)
 
 
 @app.command()
@@ -410,21 +438,37 @@ def restore(
     force: Annotated[bool, typer.Option(help="Replace everything a stack that is not empty holds.")] = False,
     runtime: RuntimeOption = None,
 ) -> None:
-    """Restore an archive of `mlstack backup` onto the running MLflow stack, which must hold nothing
-    (a fresh `make up`) unless --force; the archive is checked whole first, the counts afterwards."""
-    chosen = _mlflow_runtime("restore", runtime)
-    counts = restore_mlflow(chosen.settings, chosen, archive.resolve(), console, force=force)
-    run_steps(CLIENT_STEPS, _project_settings(), _report_step)
+    """Restore an archive of `mlstack backup` onto its stack, running and empty (a fresh `make up`) unless
+    --force: the archive is checked whole first, the counts afterwards."""
+    stack = archive_stack(archive)
+    chosen = _stack_runtime("restore", stack, runtime)
+    if stack == "clearml":
+        counts = restore_clearml(chosen, archive.resolve(), console, force=force)
+    else:
+        counts = restore_mlflow(chosen.settings, chosen, archive.resolve(), console, force=force)
+        run_steps(CLIENT_STEPS, _project_settings(), _report_step)
     print_counts(console, f"restored from {archive.name}: every count matches the archive's", counts)
 
 
 @app.command()
-def upgrade(runtime: RuntimeOption = None) -> None:
-    """Stop the MLflow server, back up, run the schema migration (`mlflow db upgrade`), start it again;
-    if the migration fails, restore the backup and say so."""
-    chosen = _mlflow_runtime("upgrade", runtime)
-    archive = upgrade_mlflow(chosen.settings, chosen, chosen.settings.backup_path, console)
-    console.print(f"upgraded: the schema is current and the server is up (backup before: {archive})")
+def upgrade(stack: MaintainedStack = "mlflow", runtime: RuntimeOption = None) -> None:
+    """MLflow: stop the server, back up, run the schema migration, start it again; if the migration
+    fails, restore the backup and say so. ClearML: refuse a version jump upstream forbids, back up,
+    start the new version; if it does not come up healthy, restore the backup."""
+    for one in _maintained(stack):
+        chosen = _stack_runtime("upgrade", one, runtime)
+        if one == "mlflow":
+            archive = upgrade_mlflow(chosen.settings, chosen, chosen.settings.backup_path, console)
+            console.print(f"upgraded: the schema is current and the server is up (backup before: {archive})")
+            continue
+        target = check_upgrade(chosen)
+        archive = backup_clearml(chosen, chosen.settings.backup_path, console).path
+        try:
+            chosen.up(refresh=True)
+        except MlstackError as failure:
+            restore_clearml(chosen, archive, console, force=True)
+            raise MlstackError(f"ClearML server {target} did not come up ({failure}); restored {archive}") from None
+        console.print(f"upgraded: ClearML server {target} is up (backup before: {archive})")
 
 
 @app.command()

@@ -258,3 +258,34 @@ def test_demo_records_a_dataset_version_a_task_and_the_champion_in_clearml(boots
     assert len(list_dataset_versions(EXPERIMENT, "diabetes", settings=bootstrapped)) == 1
     (model,) = Model.query_models(project_name=EXPERIMENT, model_name=MODEL_NAME, only_published=False)
     assert model.config_dict["alias"] == ALIAS and model.url.startswith(bootstrapped.clearml_files_url)
+
+
+def test_backup_and_restore_bring_back_every_task_model_and_event(bootstrapped, checkout, tmp_path):
+    """`mlstack backup --stack clearml`, then `mlstack restore --force` onto the same stack: MongoDB,
+    Elasticsearch and the fileserver come back with the counts of the archive."""
+    from rich.console import Console
+
+    from mlstack.maintenance.clearml import clearml_counts, data_version
+    from mlstack.runtime.docker import DockerRuntime
+    from tests.conftest import run_mlstack
+
+    if not (checkout / "infra").exists():
+        (checkout / "infra").symlink_to(PROJECT_DIR / "infra")
+    runtime = DockerRuntime(load(checkout), Console(stderr=True), "clearml")
+    before = clearml_counts(runtime)
+    assert before["tasks"] > 0, "the tests above made tasks"
+    backed_up = run_mlstack(checkout, "backup", "--stack", "clearml", "--output", str(tmp_path), "--runtime", "docker")
+    assert backed_up.returncode == 0, backed_up.stdout + backed_up.stderr
+    (archive,) = tmp_path.glob("mlstack-clearml-*.tar")
+    refused = run_mlstack(checkout, "restore", str(archive), "--runtime", "docker")
+    assert refused.returncode != 0 and "is not empty" in refused.stdout + refused.stderr
+    restored = run_mlstack(checkout, "restore", str(archive), "--force", "--runtime", "docker")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert clearml_counts(runtime) == before
+    assert data_version(runtime) == "2.3.0"
+    assert (
+        login(
+            bootstrapped, (bootstrapped.clearml_api_access_key, bootstrapped.clearml_api_secret_key.get_secret_value())
+        ).status_code
+        == 200
+    )

@@ -184,3 +184,9 @@ def test_the_servers_allowed_hosts_gain_each_public_name_with_any_port(project):
     allowed = mlflow_server_env(Settings.load(project.project_dir))["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     assert allowed[-4:] == ["mlflow.example.com", "mlflow.example.com:*", "10.0.0.7", "10.0.0.7:*"]
     assert "127.0.0.1:*" in allowed
+
+
+def test_restore_of_something_that_is_not_an_archive_is_one_clear_line(project, tmp_path):
+    (tmp_path / "notes.tar").write_text("not an archive")
+    refused = assert_one_clear_line(mlstack(project.project_dir, "restore", str(tmp_path / "notes.tar")))
+    assert "is not a readable backup archive" in refused and "nothing was changed" in refused

@@ -69,6 +69,17 @@ def write_archive(folder: Path, manifest: Manifest, destination: Path) -> Path:
     return destination
 
 
+def archive_stack(archive_path: Path) -> str:
+    """Which stack an archive holds, from its manifest alone (nothing else is read or checked)."""
+    try:
+        with tarfile.open(archive_path, mode="r:*") as archive:
+            member = archive.extractfile(MANIFEST)
+            return json.loads(member.read())["stack"] if member else ""
+    except (tarfile.TarError, EOFError, OSError, KeyError, ValueError) as error:
+        reason = " ".join(str(error).split())
+        raise BackupError(f"{archive_path} is not a readable backup archive ({reason}): nothing was changed") from None
+
+
 def read_archive(archive_path: Path, into: Path) -> Manifest:
     """Unpack `archive_path` into `into` and check it whole: the manifest, and every file it names
     with its checksum (no file missing, none added). Raises BackupError naming the first problem."""

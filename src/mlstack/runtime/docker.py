@@ -158,14 +158,16 @@ class DockerRuntime:
     def status(self) -> list[ServiceStatus]:
         return judge_services(self.rendered_config(), self.containers())
 
-    def up(self) -> bool:
+    def up(self, refresh: bool = False) -> bool:
+        """Start what is missing or unhealthy (a no-op for a healthy stack unless `refresh`: then compose
+        recreates every container whose image or configuration changed, as after an upgrade)."""
         check_secrets(self.settings, self.stack)
         if self.requested_profiles():
             ensure_certificate(self.settings)
         config, containers = self.rendered_config(), self.containers()
         wanted = sorted({*started_profiles(config, containers), *self.requested_profiles()})
         missing = set(wanted) - set(started_profiles(config, containers))
-        if not missing and all(service.healthy for service in judge_services(config, containers)):
+        if not refresh and not missing and all(service.healthy for service in judge_services(config, containers)):
             self.console.print(f"{self.stack} stack (docker) is already running and healthy: nothing to do")
             return False
         profiles = [option for profile in wanted for option in ("--profile", profile)]
