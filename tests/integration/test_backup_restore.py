@@ -29,6 +29,7 @@ from mlstack.errors import BackupError
 from mlstack.maintenance.mlflow import upgrade_mlflow
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.settings import Settings
+from mlstack.tracking import ExperimentTracker, setup_mlflow
 from tests.conftest import make_project, run_mlstack
 
 pytestmark = pytest.mark.integration
@@ -204,16 +205,20 @@ def test_a_backup_taken_while_a_tracker_logs_restores_consistently(project, roun
     experiment_id = client.create_experiment(f"busy-{uuid.uuid4().hex[:6]}")
     stop = threading.Event()
 
+    setup_mlflow(client.get_experiment(experiment_id).name, settings=settings)
+
     def busy() -> None:
-        """Runs that log an artifact, then say so in a tag: a tagged run must have its object."""
+        """mlstack's tracker logging runs that log an artifact, then say so in a tag: a tagged run
+        must have its object."""
         index = 0
         while not stop.is_set():
-            run_id = client.create_run(experiment_id).info.run_id
-            client.log_batch(run_id, metrics=[mlflow.entities.Metric("m", float(i), 0, i) for i in range(200)])
-            artifact = tmp_path / f"a{index}.txt"
-            artifact.write_text(f"artifact {index}")
-            client.log_artifact(run_id, str(artifact))
-            client.set_tag(run_id, "artifact_logged", "yes")
+            with ExperimentTracker(run_name=f"busy-{index}") as tracker:
+                for step in range(200):
+                    tracker.log_metrics({"m": float(step)}, step=step)
+                artifact = tmp_path / f"a{index}.txt"
+                artifact.write_text(f"artifact {index}")
+                tracker.log_artifact(artifact)
+                tracker.set_tags({"artifact_logged": "yes"})
             index += 1
 
     writer = threading.Thread(target=busy)

@@ -85,10 +85,14 @@ def data_version(runtime: DockerRuntime) -> str:
     return str(max(Version(v.strip()) for v in versions)) if versions else "0.0.0"
 
 
+def server_version(runtime: DockerRuntime) -> str:
+    """The ClearML server version the compose file runs (its apiserver image's tag)."""
+    return runtime.rendered_config()["services"]["apiserver"]["image"].rpartition(":")[2]
+
+
 def _versions(runtime: DockerRuntime) -> dict[str, str]:
-    image = runtime.rendered_config()["services"]["apiserver"]["image"]
     return {
-        "clearml_server": image.rpartition(":")[2],
+        "clearml_server": server_version(runtime),
         "clearml_data": data_version(runtime),
         "mongo": _exec(runtime, "mongo", ["mongosh", "--quiet", "--eval", "print(db.version())"]).strip(),
         "elasticsearch": _es(runtime, "GET", "/")["version"]["number"],
@@ -125,7 +129,7 @@ def restore_clearml(runtime: DockerRuntime, archive: Path, console: Console, for
         manifest = read_archive(archive, folder)
         if manifest.stack != "clearml":
             raise BackupError(f"{archive} is a backup of the {manifest.stack} stack, not of the ClearML stack")
-        current_server = runtime.rendered_config()["services"]["apiserver"]["image"].rpartition(":")[2]
+        current_server = server_version(runtime)
         if problem := upgrade_path_problem(manifest.versions["clearml_data"], current_server):
             raise BackupError(f"{archive} cannot be restored onto ClearML server {current_server}: {problem}")
         current = clearml_counts(runtime)
@@ -170,7 +174,7 @@ def restore_clearml(runtime: DockerRuntime, archive: Path, console: Console, for
 
 def check_upgrade(runtime: DockerRuntime) -> str:
     """Refuse a version jump upstream forbids (BackupError naming the path); returns the target version."""
-    target = runtime.rendered_config()["services"]["apiserver"]["image"].rpartition(":")[2]
+    target = server_version(runtime)
     if problem := upgrade_path_problem(data_version(runtime), target):
         raise BackupError(f"not upgrading: {problem}; nothing was changed")
     return target

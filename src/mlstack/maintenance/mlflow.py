@@ -71,7 +71,7 @@ def _exported_snapshot(settings: Settings, database: str) -> Iterator[tuple[psyc
 def _row_counts(connection: psycopg.Connection, tables: tuple[str, ...]) -> dict[str, int]:
     counts = {}
     for table in tables:
-        if connection.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone()[0] is not None:
+        if _has_table(connection, table):
             query = sql.SQL("SELECT count(*) FROM public.{}").format(sql.Identifier(table))
             counts[table] = connection.execute(query).fetchone()[0]
     return counts
