@@ -259,7 +259,9 @@ def test_upgrade_restores_the_backup_when_the_migration_fails(project, round_tri
 def test_mlstack_upgrade_backs_up_migrates_and_restarts(project, round_trip):
     upgraded = ok(run_mlstack(project, "upgrade", "--runtime", "native"))
     assert "upgraded: the schema is current" in upgraded
-    assert list((Settings.load(project).backup_path).glob("mlstack-mlflow-*.tar")), "the backup before it"
+    backups = Settings.load(project).backup_path
+    assert list(backups.glob("mlstack-mlflow-*.tar")), "the backup before it"
+    assert backups.stat().st_mode & 0o077 == 0, "the default backup folder is private"
 
 
 def test_gc_frees_what_deleted_runs_held_and_never_touches_live_ones(project, round_trip, tmp_path, monkeypatch):

@@ -101,7 +101,7 @@ def _versions(runtime: DockerRuntime) -> dict[str, str]:
 
 def backup_clearml(runtime: DockerRuntime, output: Path, console: Console) -> Backup:
     """One archive of the running ClearML stack in `output` (see the module docstring)."""
-    output.mkdir(parents=True, exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True, mode=0o700)  # when made here: private, like the archives
     name = f"mlstack-clearml-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
     with TemporaryDirectory(dir=output, prefix=".mlstack-backup-") as temporary:
         folder = Path(temporary)

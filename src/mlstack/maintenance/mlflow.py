@@ -141,7 +141,7 @@ def backup_mlflow(
     include_secrets: bool = False,
 ) -> Backup:
     """One archive of the running MLflow stack in `output` (see the module docstring)."""
-    output.mkdir(parents=True, exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True, mode=0o700)  # when made here: private, like the archives
     destination = output / f"mlstack-mlflow-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.tar"
     with TemporaryDirectory(dir=output, prefix=".mlstack-backup-") as temporary:
         folder = Path(temporary)
