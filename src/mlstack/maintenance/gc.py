@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-from mlstack.bootstrap.minio import root_s3
 from mlstack.errors import ConfigError
+from mlstack.maintenance.bucket import bucket_objects, delete_objects
 from mlstack.settings import Settings
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -55,7 +55,6 @@ def _bucket_prefix(settings: Settings, artifact_uri: str) -> str | None:
 def collect_garbage(settings: Settings, older_than: timedelta | None = None, dry_run: bool = False) -> GcReport:
     """Delete (or with `dry_run`, count) the runs deleted at least `older_than` ago, and their objects."""
     store = SqlAlchemyStore(settings.backend_store_uri(), "mlflow-artifacts:/")
-    s3, bucket = root_s3(settings), settings.mlflow_artifact_bucket
     report = GcReport()
     older_than_ms = int(older_than.total_seconds() * 1000) if older_than else 0
     try:
@@ -65,18 +64,13 @@ def collect_garbage(settings: Settings, older_than: timedelta | None = None, dry
             if prefix is None:
                 report.skipped[run_id] = artifact_uri
                 continue
-            keys = []
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                for item in page.get("Contents", []):
-                    keys.append(item["Key"])
-                    report.bytes += item["Size"]
-            report.objects += len(keys)
+            objects = list(bucket_objects(settings, prefix))
+            report.objects += len(objects)
+            report.bytes += sum(size for _, size in objects)
             report.runs.append(run_id)
             if dry_run:
                 continue
-            for start in range(0, len(keys), 1000):
-                chunk = [{"Key": key} for key in keys[start : start + 1000]]
-                s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+            delete_objects(settings, [key for key, _ in objects])
             store._hard_delete_run(run_id)
     finally:
         store.engine.dispose()

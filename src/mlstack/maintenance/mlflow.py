@@ -31,6 +31,7 @@ from mlstack.bootstrap.database import DATABASE_STEPS
 from mlstack.bootstrap.minio import minio_admin, root_s3
 from mlstack.errors import BackupError
 from mlstack.maintenance.archive import Manifest, read_archive, write_archive
+from mlstack.maintenance.bucket import bucket_objects, delete_objects
 from mlstack.runtime.base import MlflowStackRuntime
 from mlstack.settings import Settings
 
@@ -83,15 +84,8 @@ def stack_counts(settings: Settings) -> dict[str, int]:
         counts = _row_counts(connection, COUNTED_TABLES)
     with psycopg.connect(settings.postgres_dsn(settings.mlflow_auth_db), autocommit=True) as connection:
         counts |= {f"auth_{table}": n for table, n in _row_counts(connection, ("users",)).items()}
-    objects = list(_objects(settings))
+    objects = list(bucket_objects(settings))
     return counts | {"objects": len(objects), "object_bytes": sum(size for _, size in objects)}
-
-
-def _objects(settings: Settings) -> Iterator[tuple[str, int]]:
-    pages = root_s3(settings).get_paginator("list_objects_v2").paginate(Bucket=settings.mlflow_artifact_bucket)
-    for page in pages:
-        for item in page.get("Contents", []):
-            yield item["Key"], item["Size"]
 
 
 def _component_versions(settings: Settings) -> dict[str, str]:
@@ -156,7 +150,7 @@ def backup_mlflow(
                 counts |= {f"{prefix}{table}": n for table, n in _row_counts(connection, tables).items()}
                 with (folder / DUMPS / f"{database}.dump").open("wb") as dump:
                     runtime.postgres_client("pg_dump", ["--format=custom", f"--snapshot={snap}", database], stdout=dump)
-        objects = list(_objects(settings))  # listed after the dumps: every artifact they refer to is here
+        objects = list(bucket_objects(settings))  # listed after the dumps: every artifact they refer to is here
         s3 = root_s3(settings)
         with _progress(console) as progress:
             task = progress.add_task(f"copying {len(objects)} objects", total=sum(size for _, size in objects))
@@ -250,10 +244,8 @@ def _recreate_database(settings: Settings, database: str) -> None:
 
 def _replace_objects(settings: Settings, folder: Path, console: Console) -> None:
     """Make the bucket hold exactly the archive's objects."""
+    delete_objects(settings, [key for key, _ in bucket_objects(settings)])
     s3, bucket = root_s3(settings), settings.mlflow_artifact_bucket
-    stale = [key for key, _ in _objects(settings)]
-    for start in range(0, len(stale), 1000):
-        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in stale[start : start + 1000]]})
     files = [path for path in sorted(folder.rglob("*")) if path.is_file()] if folder.is_dir() else []
     with _progress(console) as progress:
         task = progress.add_task(f"restoring {len(files)} objects", total=sum(path.stat().st_size for path in files))
