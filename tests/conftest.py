@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,18 @@ def user_environment(home: Path) -> dict[str, str]:
     dropped = ("MLFLOW_", "CLEARML_", "TRAINS_", "MLSTACK_")
     env = {name: value for name, value in os.environ.items() if not name.startswith(dropped)}
     return {**env, "HOME": str(home), "COLUMNS": "160"}
+
+
+def run_python(code: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`code` (dedented) in a fresh interpreter, as a user's script: an environment free of test
+    variables, HOME at `home`."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=user_environment(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_mlstack(project_dir: Path, *args: str, stdin: str = "", timeout: float = 600) -> subprocess.CompletedProcess:

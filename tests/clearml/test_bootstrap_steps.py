@@ -69,11 +69,12 @@ def test_second_run_reuses_working_credentials(checkout, apiserver):
     assert (checkout / ".env").read_text() == env_before
 
 
-def test_conf_sends_model_weights_to_the_fileserver(checkout):
+def test_conf_sends_model_weights_to_the_fileserver_and_reports_without_forking(checkout):
     settings = load(checkout)
     conf = ConfigFactory.parse_string(render_clearml_conf(settings, "KEY", "SECRET"))  # as the SDK reads it
     assert conf.get("sdk.development.default_output_uri") == settings.clearml_files_url
     assert conf.get("api.files_server") == settings.clearml_files_url
+    assert conf.get("sdk.development.report_use_subprocess") is False
 
 
 def test_conf_sends_model_weights_to_a_configured_destination(checkout):

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from mlstack.tracking.clearml import connection
 from mlstack.tracking.clearml.errors import ClearMLConfigError, ClearMLUnavailableError
 from mlstack.tracking.clearml.offline import pending_sessions, scan_sessions, sessions_dir, sync_offline_sessions
 from mlstack.tracking.clearml.tracker import FAILED_TAG, ClearMLTracker
+from tests.conftest import run_python
 
 CFG = {"clearml": {"project": "housing", "tags": ["baseline"]}, "model": {"name": "ridge", "alpha": 0.5}}
 
@@ -109,6 +111,37 @@ def test_registered_model_keeps_weights_name_and_metadata(session):
 def test_registered_model_records_where_sync_uploads_its_weights(session):
     (model,) = task_json(session)["offline_output_models"]
     assert model["output_uri"] == session["settings"].clearml_files_url
+
+
+def test_a_task_closed_after_the_process_caught_an_exit_keeps_every_scalar(tmp_path):
+    """The SDK's exit hook remembers any `sys.exit(1)` the process caught (a CLI run in-process, a sweep
+    driver) and then closes later tasks without flushing: their scalars missed the zip. In a fresh
+    process, as the user's: a first task, a caught exit, a second task whose points must all be zipped."""
+    code = f"""
+        import sys
+        from mlstack.settings import Settings
+        from mlstack.tracking.clearml.tracker import ClearMLTracker
+        settings = Settings(
+            MLSTACK_PROJECT_DIR={str(tmp_path)!r}, _env_file=None,
+            clearml_api_access_key=None, clearml_api_secret_key=None,
+        )
+        with ClearMLTracker({{}}, stage="first", settings=settings):
+            pass
+        try:
+            sys.exit(1)
+        except SystemExit:
+            pass
+        with ClearMLTracker({{}}, stage="second", settings=settings) as tracker:
+            for step in range(50):
+                tracker.log_metrics({{"loss": 1 / (step + 1)}}, series="train", iteration=step)
+        print(settings.clearml_offline_path / "offline" / f"{{tracker.task_id}}.zip")
+    """
+    result = run_python(code, tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(result.stdout.splitlines()[-1]) as archive:
+        assert "metrics.jsonl" in archive.namelist(), archive.namelist()
+        lines = archive.read("metrics.jsonl").decode().splitlines()
+    assert sorted(event["iter"] for line in lines if line for event in json.loads(line)) == list(range(50))
 
 
 def test_an_open_session_is_locked_until_its_zip_is_written(isolated_sdk):

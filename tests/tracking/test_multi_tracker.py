@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +21,7 @@ from mlstack.tracking import setup_mlflow
 from mlstack.tracking.mlflow.errors import TrackingError, TrackingInputError
 from mlstack.tracking.mlflow.tracker import ExperimentTracker
 from mlstack.tracking.multi import MLflowBackend, MultiTracker, configured_backends, track
+from tests.conftest import run_python
 
 POINTS = 200
 FEATURES = pd.DataFrame({"x1": np.arange(20.0), "x2": np.arange(20.0) ** 0.5})
@@ -149,8 +147,33 @@ def test_clearml_is_imported_only_when_its_backend_is_used(tmp_path):
             run.log_metrics({{"loss": 0.5}}, step=1)
         assert not [name for name in sys.modules if name.split(".")[0] == "clearml"]
     """
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+    result = run_python(code, tmp_path / "home")
     assert result.returncode == 0, result.stderr
+
+
+def test_clearml_reports_from_a_thread_not_a_child_forked_beside_mlflows_flusher(tmp_path):
+    """ClearML's SDK forks its reporter by default on Linux. Forked while MLflow's flusher thread runs,
+    the child can start deadlocked: it never reads the pipe, and the run's end waits on it forever (a
+    CI run hung so in the `both` fixture). The user's condition, in a fresh process: no child at all."""
+    code = f"""
+        import psutil
+        from mlstack.settings import Settings
+        from mlstack.tracking import setup_mlflow
+        from mlstack.tracking.multi import track
+        settings = Settings(
+            MLSTACK_PROJECT_DIR={str(tmp_path)!r}, MLFLOW_TRACKING_URI=None, _env_file=None,
+            clearml_api_access_key=None, clearml_api_secret_key=None,
+        )
+        setup_mlflow("fork check", settings=settings)
+        with track("both", settings=settings, backends=["mlflow", "clearml"]) as run:
+            for step in range(100):
+                run.log_metrics({{"loss": 1 / (step + 1)}}, step=step)
+            children = psutil.Process().children(recursive=True)
+        print("children:", [(child.pid, child.status()) for child in children])
+    """
+    result = run_python(code, tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "children: []"
 
 
 # -- both real backends: MLflow's local store and ClearML offline ---------------------------------

@@ -30,8 +30,19 @@ def server_problem(settings: Settings, timeout: float = 3.0) -> str | None:
     return None
 
 
+def report_in_process() -> None:
+    """Have the SDK report from a thread of this process, not from the child it forks by default on Linux.
+
+    The fork copies a process whose other threads (MLflow's flusher, the training loop's) may hold
+    locks; the child can then start deadlocked, never read its pipe, and closing the task waits on it
+    forever. `sdk.development.report_use_subprocess` has no environment variable, so this sets the
+    value the SDK read from it."""
+    Task._report_subprocess_enabled = False
+
+
 def use_server(settings: Settings) -> None:
     """Send SDK calls to the configured server with the bootstrap-created client credentials."""
+    report_in_process()
     Task.set_credentials(
         api_host=settings.clearml_api_url,
         web_host=settings.clearml_web_url,
@@ -48,6 +59,7 @@ def use_offline(settings: Settings, reason: str) -> None:
 
     Models registered offline record the output destination, where sync uploads their weights."""
     global _announced_offline
+    report_in_process()
     settings.clearml_offline_path.mkdir(parents=True, exist_ok=True)
     os.environ["CLEARML_CACHE_DIR"] = str(settings.clearml_offline_path)
     Task.set_offline(True)

@@ -132,17 +132,17 @@ class ClearMLTracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         task = self._require_task()
         try:
-            if exc is None:
-                task.close()
-                return
-            reason = f"{exc_type.__name__}: {exc}"
-            task.get_logger().report_text("".join(traceback.format_exception(exc_type, exc, tb)))
-            if self.offline:
-                # Offline sessions keep no status: the tag carries it to the server on sync.
-                task.add_tags([FAILED_TAG])
-                task.close()
-            else:
-                task.close()
+            if exc is not None:
+                task.get_logger().report_text("".join(traceback.format_exception(exc_type, exc, tb)))
+                if self.offline:
+                    # Offline sessions keep no status: the tag carries it to the server on sync.
+                    task.add_tags([FAILED_TAG])
+            # close() skips the flush once the SDK's exit hook has seen a failing exit, and any
+            # sys.exit(1) the process caught earlier counts: flush first, so every point is written.
+            task.flush(wait_for_uploads=True)
+            task.close()
+            if exc is not None and not self.offline:
+                reason = f"{exc_type.__name__}: {exc}"
                 task.mark_failed(status_reason=reason, status_message=reason, force=True)
         finally:
             self._release_session_lock()
