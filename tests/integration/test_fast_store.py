@@ -7,13 +7,16 @@ run's name, and the errors (code and message).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import mlflow.version
 import pytest
+from flask import Flask
 from mlflow.entities import (
     Dataset,
     DatasetInput,
@@ -25,9 +28,11 @@ from mlflow.entities import (
     RunTag,
 )
 from mlflow.exceptions import MlflowException
+from mlflow.server import handlers
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from mlstack_mlflow_store import routes
 from mlstack_mlflow_store.store import PostgresFastPathStore
 
 pytestmark = pytest.mark.integration
@@ -83,6 +88,7 @@ def rows(mlflow_stack, table: str, run_id: str) -> list[tuple]:
         "metrics": "key, value, timestamp, step, is_nan",
         "latest_metrics": "key, value, timestamp, step, is_nan",
         "tags": "key, value",
+        "params": "key, value",
     }[table]
     with mlflow_stack.pg_connect() as connection:
         found = connection.execute(f"SELECT {columns} FROM {table} WHERE run_uuid = %s", (run_id,)).fetchall()
@@ -301,3 +307,136 @@ def test_mlflow_builds_the_fast_store_only_when_asked(uri, monkeypatch):
     assert build() is not PostgresFastPathStore
     for store in stores:
         store.engine.dispose()
+
+
+# -- the request-level log-batch path (routes.py): MLflow's handler on MLflow's store, and the same
+# handler with the fast route installed, answer the same request bodies, each on a run of its own.
+
+LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
+UNKNOWN_RUN = uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def log_batch_apps(upstream, fast):
+    """Test clients of two Flask apps serving MLflow's log-batch handler (its store: MLflow's), the
+    second with the fast route installed; `taken` counts the requests the fast route wrote itself."""
+    apps = {name: Flask(name) for name in ("mlflow", "fast")}
+    for app in apps.values():
+        app.add_url_rule(LOG_BATCH, routes.LOG_BATCH_ENDPOINT, handlers._log_batch, methods=["POST"])
+    taken = []
+
+    class CountingStore:
+        def log_metric_columns(self, *columns):
+            fast.log_metric_columns(*columns)
+            taken.append(columns[0])
+
+    routes.install(apps["fast"], CountingStore())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(handlers, "_get_tracking_store", lambda *args, **kwargs: upstream)
+        yield SimpleNamespace(mlflow=apps["mlflow"].test_client(), fast=apps["fast"].test_client(), taken=taken)
+
+
+def post_both(apps, mlflow_stack, upstream_run, fast_run, make_body, content_type="application/json") -> list:
+    """POST make_body(run) to each app; assert the same status, body (run ids aligned) and rows."""
+    answers = []
+    for client, run_id in ((apps.mlflow, upstream_run), (apps.fast, fast_run)):
+        response = client.post(LOG_BATCH, data=json.dumps(make_body(run_id)), content_type=content_type)
+        answers.append(
+            (response.status_code, response.mimetype, response.get_data(as_text=True).replace(run_id, "RUN"))
+        )
+    assert answers[1] == answers[0]
+    for table in ("metrics", "latest_metrics", "params"):
+        assert rows(mlflow_stack, table, fast_run) == rows(mlflow_stack, table, upstream_run), table
+    return answers[0]
+
+
+def as_json(metric: Metric) -> dict:
+    value = (
+        metric.value
+        if math.isfinite(metric.value)
+        else {math.inf: "Infinity", -math.inf: "-Infinity"}.get(metric.value, "NaN")
+    )
+    return {"key": metric.key, "value": value, "timestamp": metric.timestamp, "step": metric.step}
+
+
+@pytest.mark.parametrize("seed", [8, 9])
+def test_log_batch_requests_record_what_mlflows_handler_records(
+    mlflow_stack, upstream, experiment_id, log_batch_apps, seed
+):
+    upstream_run, fast_run = new_run(upstream, experiment_id), new_run(upstream, experiment_id)
+    points = [as_json(metric) for metric in metric_sequence(seed)]
+    del points[0]["step"]  # a missing step is 0
+    points[1]["value"] = 7  # an integer value is a double
+    batches = [points[i : i + 60] for i in range(0, len(points), 60)] + [points[:5] + points[:5]]
+    taken_before = len(log_batch_apps.taken)
+    for batch in batches:
+        assert (
+            post_both(
+                log_batch_apps,
+                mlflow_stack,
+                upstream_run,
+                fast_run,
+                lambda run, batch=batch: {"run_id": run, "metrics": batch},
+            )[0]
+            == 200
+        )
+    assert len(log_batch_apps.taken) - taken_before == len(batches)  # every one of them by the fast route
+
+
+@pytest.mark.parametrize(
+    "make_body",
+    [
+        lambda run: {"run_id": run, "metrics": [{"key": "bad/../key", "value": 1, "timestamp": 1}]},
+        lambda run: {"run_id": run, "metrics": [{"key": "m", "value": 1, "timestamp": -1}]},
+        lambda run: {"run_id": run, "metrics": [{"key": "m", "value": "high", "timestamp": 1}]},
+        lambda run: {"run_id": run, "metrics": [{"key": "m", "timestamp": 1}]},
+        lambda run: {
+            "run_id": run,
+            "metrics": [{"key": "m", "value": 1, "timestamp": 1, "step": s} for s in range(1001)],
+        },
+        lambda run: {"run_id": run, "metrics": [{"key": "m", "value": 1, "timestamp": "12", "step": "3"}]},
+        lambda run: {
+            "run_id": run,
+            "metrics": [{"key": "m", "value": 1, "timestamp": 1}],
+            "params": [{"key": "p", "value": "v"}],
+        },
+        lambda run: {"run_id": UNKNOWN_RUN, "metrics": [{"key": "m", "value": 1, "timestamp": 1}]},
+        lambda run: {"metrics": [{"key": "m", "value": 1, "timestamp": 1}]},
+    ],
+    ids=[
+        "bad-key",
+        "negative-timestamp",
+        "string-value",
+        "no-value",
+        "1001-points",
+        "string-int64s",
+        "with-params",
+        "unknown-run",
+        "no-run-id",
+    ],
+)
+def test_other_log_batch_requests_get_mlflows_answer(mlflow_stack, upstream, experiment_id, log_batch_apps, make_body):
+    upstream_run, fast_run = new_run(upstream, experiment_id), new_run(upstream, experiment_id)
+    post_both(log_batch_apps, mlflow_stack, upstream_run, fast_run, make_body)
+
+
+def test_log_batch_to_a_deleted_run_or_as_text_gets_mlflows_answer(
+    mlflow_stack, upstream, experiment_id, log_batch_apps
+):
+    upstream_run, fast_run = new_run(upstream, experiment_id), new_run(upstream, experiment_id)
+    batch = [{"key": "m", "value": 1, "timestamp": 1}]
+    status, _, _ = post_both(
+        log_batch_apps,
+        mlflow_stack,
+        upstream_run,
+        fast_run,
+        lambda run: {"run_id": run, "metrics": batch},
+        "text/plain",
+    )
+    assert status == 400
+    upstream.delete_run(upstream_run)
+    upstream.delete_run(fast_run)
+    status, _, answer = post_both(
+        log_batch_apps, mlflow_stack, upstream_run, fast_run, lambda run: {"run_id": run, "metrics": batch}
+    )
+    assert status == 400 and "must be in the 'active' state" in answer

@@ -141,13 +141,15 @@ def test_server_runs_the_workers_threads_and_timeout_set_in_env(mlflow_stack):
 
 
 def test_server_answers_from_the_fast_store(mlflow_stack, client):
-    """.env's MLSTACK_FAST_STORE=true reaches the server, which builds the plugin's store (it logs so)."""
+    """.env's MLSTACK_FAST_STORE=true reaches the server, which builds the plugin's store, and its
+    gunicorn hooks install the request-level log-batch path in each worker (both log so)."""
     _, run_id = new_run(client)
     client.log_metric(run_id, "loss", 0.5)
 
     assert client.get_run(run_id).data.metrics == {"loss": 0.5}
     assert all(env.get("MLSTACK_FAST_STORE") == "true" for env in mlflow_stack.server_environments())
     assert "use mlstack's single-statement PostgreSQL paths" in mlflow_stack.server_log()
+    assert "log-batch requests take mlstack's request-level path" in mlflow_stack.server_log()
 
 
 def test_large_artifact_round_trips_through_the_proxy(mlflow_stack, client, tmp_path):

@@ -376,13 +376,20 @@ def mlflow_server_command(settings: Settings) -> list[str]:
 
 def gunicorn_options(settings: Settings) -> str:
     """Threaded workers with HTTP keep-alive: a long upload holds one thread, never a whole worker.
+    With the store plugin on, its gunicorn hooks install the request-level fast paths in each worker.
 
-    infra/mlflow/compose.yaml passes the same options (a compose test keeps the two equal).
+    infra/mlflow/compose.yaml passes the same options (a compose test keeps the two equal; the image
+    always has the plugin, whose hooks leave the app alone when MLSTACK_FAST_STORE is off).
     """
-    return (
+    options = (
         f"--worker-class gthread --threads {settings.mlflow_threads} --keep-alive 5"
         f" --timeout {settings.mlflow_worker_timeout} --graceful-timeout 30"
     )
+    return f"{options} --config {GUNICORN_HOOKS}" if settings.mlstack_fast_store else options
+
+
+#: The store plugin's gunicorn configuration module (services/mlflow-server/store).
+GUNICORN_HOOKS = "python:mlstack_mlflow_store.gunicorn_hooks"
 
 
 def require_store_plugin(settings: Settings) -> None:

@@ -77,18 +77,24 @@ SELECT r.run_uuid, r.name, r.experiment_id, r.user_id, r.status, r.start_time, r
  WHERE r.run_uuid = :run_id
 """)
 
-# The points, and each key's latest value where (step, timestamp, value) moves forward: MLflow's
-# rule (the first of equal points wins, a later one must be strictly greater), applied by the
-# database atomically and in key order instead of under SELECT ... FOR UPDATE. Points already
-# recorded are left alone and count for nothing, as in MLflow's duplicate handling. Nothing is
-# written unless the run exists and is active; the one column returned tells which. (PostgreSQL runs
-# every data-modifying WITH clause to completion whether the final SELECT reads it or not.)
+# The points as columns, NaN and infinities stored as MLflow's `sanitize_metric_value` stores them
+# (NaN: 0 and is_nan; +-inf: the largest finite double), and each key's latest value where (step,
+# timestamp, value) moves forward: MLflow's rule (the first of equal points wins, a later one must
+# be strictly greater), applied by the database atomically and in key order instead of under
+# SELECT ... FOR UPDATE. Points already recorded are left alone and count for nothing, as in MLflow's
+# duplicate handling. Nothing is written unless the run exists and is active; the one column
+# returned tells which. (PostgreSQL runs every data-modifying WITH clause to completion whether the
+# final SELECT reads it or not.)
 _LOG_METRICS = text("""
 WITH run AS (SELECT lifecycle_stage FROM runs WHERE run_uuid = :run_id),
 point AS (
-    SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:vals AS float8[]), CAST(:timestamps AS bigint[]),
-                         CAST(:steps AS bigint[]), CAST(:is_nan AS boolean[]))
-           WITH ORDINALITY AS p(key, value, timestamp, step, is_nan, position)
+    SELECT key, CASE WHEN raw = 'NaN' THEN 0
+                     WHEN raw = 'Infinity' THEN CAST('1.7976931348623157e308' AS float8)
+                     WHEN raw = '-Infinity' THEN CAST('-1.7976931348623157e308' AS float8)
+                     ELSE raw END AS value,
+           timestamp, step, raw = 'NaN' AS is_nan, position
+      FROM unnest(CAST(:keys AS text[]), CAST(:values AS float8[]), CAST(:timestamps AS bigint[]),
+                  CAST(:steps AS bigint[])) WITH ORDINALITY AS p(key, raw, timestamp, step, position)
 ),
 inserted AS (
     INSERT INTO metrics (key, value, timestamp, step, is_nan, run_uuid)
@@ -155,15 +161,17 @@ class PostgresFastPathStore(SqlAlchemyStore):
         self._write_if_active(_SET_TAG, {"run_id": run_id, "key": tag.key, "value": tag.value})
 
     def _record_metrics(self, run_id, metrics):
-        sanitized = [self.sanitize_metric_value(metric.value) for metric in metrics]
-        params = {
-            "run_id": run_id,
-            "keys": [metric.key for metric in metrics],
-            "vals": [float(value) for _, value in sanitized],
-            "timestamps": [metric.timestamp for metric in metrics],
-            "steps": [metric.step for metric in metrics],
-            "is_nan": [is_nan for is_nan, _ in sanitized],
-        }
+        self.log_metric_columns(
+            run_id,
+            [metric.key for metric in metrics],
+            [float(metric.value) for metric in metrics],
+            [metric.timestamp for metric in metrics],
+            [metric.step for metric in metrics],
+        )
+
+    def log_metric_columns(self, run_id, keys, values, timestamps, steps):
+        """Record validated points given as columns (values may be NaN or infinite) in one statement."""
+        params = {"run_id": run_id, "keys": keys, "values": values, "timestamps": timestamps, "steps": steps}
         # MLflow redrives a write that lost a deadlock the same way
         self._run_with_deadlock_retry(self._write_if_active, _LOG_METRICS, params)
 

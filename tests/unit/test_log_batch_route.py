@@ -1,0 +1,88 @@
+"""Which log-batch bodies the request-level fast path takes (services/mlflow-server/store routes.py).
+
+It may take only what MLflow's handler accepts exactly as it is; every other body goes to MLflow's
+handler, which answers it (tests/integration/test_fast_store.py holds the two to the same result)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlstack_mlflow_store.routes import metric_columns
+
+RUN = "0123456789abcdef0123456789abcdef"
+
+
+def body(*points, **fields) -> dict:
+    return {"run_id": RUN, "metrics": list(points), **fields}
+
+
+def point(**fields) -> dict:
+    return {"key": "loss", "value": 0.5, "timestamp": 1_700_000_000_000, "step": 3, **fields}
+
+
+def test_a_metrics_only_batch_becomes_columns_in_order():
+    columns = metric_columns(body(point(), point(key="acc", value=1, step=4), params=[], tags=[]))
+    assert columns == (RUN, ["loss", "acc"], [0.5, 1.0], [1_700_000_000_000] * 2, [3, 4])
+    assert type(columns[2][1]) is float
+
+
+def test_protobuf_json_spellings_of_nan_and_infinities_are_values():
+    _, _, values, _, _ = metric_columns(body(point(value="NaN"), point(value="Infinity"), point(value="-Infinity")))
+    assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf]
+
+
+def test_a_missing_step_is_zero_as_in_the_protobuf_message():
+    point_without_step = point()
+    del point_without_step["step"]
+    assert metric_columns(body(point_without_step))[4] == [0]
+
+
+def test_a_full_batch_of_1000_is_taken_and_1001_is_left_to_mlflow():
+    assert metric_columns(body(*[point(step=i) for i in range(1000)])) is not None
+    assert metric_columns(body(*[point(step=i) for i in range(1001)])) is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        "a double-encoded body",
+        [],
+        body(),
+        body(point(), params=[{"key": "lr", "value": "0.1"}]),
+        body(point(), tags=[{"key": "team", "value": "a"}]),
+        body(point(), experiment_id="1"),
+        {"metrics": [point()]},
+        body(point(), run_id=7),
+        body(point(), run_id="../etc"),
+        body(point(), run_id=""),
+        {"run_id": RUN, "metrics": point()},
+        body("loss"),
+        body(point(model_id="m-1")),
+        body(point(dataset_name="train")),
+        body(point(key=None)),
+        body(point(key="")),
+        body(point(key="a/../b")),
+        body(point(key="/abs")),
+        body(point(key="bad*name")),
+        body(point(key="k" * 251)),
+        body(point(value=None)),
+        body(point(value=True)),
+        body(point(value="0.5")),
+        body(point(value="nan")),
+        body(point(value=2**63)),
+        body(point(timestamp=None)),
+        body(point(timestamp="1700000000000")),
+        body(point(timestamp=1.7e12)),
+        body(point(timestamp=-1)),
+        body(point(timestamp=2**63)),
+        body(point(step=1.0)),
+        body(point(step="3")),
+        body(point(step=True)),
+        body(point(step=2**63)),
+        body(point(step=-(2**63) - 1)),
+    ],
+)
+def test_anything_else_is_left_to_mlflows_handler(payload):
+    assert metric_columns(payload) is None
