@@ -12,6 +12,7 @@ import psycopg
 import pytest
 import requests
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from mlstack.bootstrap.mlflow import MlflowUsers
@@ -127,6 +128,35 @@ def test_a_writing_person_logs_to_the_teams_runs_but_cannot_delete_them(mlflow_s
     writer.log_metric(run_id, "writer_metric", 1.0)
     with pytest.raises(MlflowException, match="403"):
         writer.delete_experiment(experiment_id)
+
+
+def test_metrics_only_batches_are_checked_on_the_run_and_batches_naming_models_on_the_models_too(
+    mlflow_stack, people, shared_run, monkeypatch
+):
+    """The request-level log-batch path checks a metrics-only batch's permission without parsing it
+    into protobuf (routes.py): a reader is still refused and writes nothing, a writer lands, and a
+    batch naming a logged model keeps MLflow's whole check (an unknown model is refused)."""
+    _, run_id = shared_run
+    points = [Metric("batched", float(step), 1_700_000_000_000, step) for step in range(50)]
+    reader = client_as(mlflow_stack, monkeypatch, "reader", READER_PASSWORD)
+    with pytest.raises(MlflowException, match="403"):
+        reader.log_batch(run_id, metrics=points)
+    assert batched_steps(mlflow_stack, run_id) == []
+
+    writer = client_as(mlflow_stack, monkeypatch, "writer", WRITER_PASSWORD)
+    writer.log_batch(run_id, metrics=points)
+    assert batched_steps(mlflow_stack, run_id) == list(range(50))
+    with pytest.raises(MlflowException, match="403"):
+        writer.log_batch(run_id, metrics=[Metric("batched", 1.0, 1, 99, model_id=f"m-{uuid.uuid4().hex}")])
+    assert batched_steps(mlflow_stack, run_id) == list(range(50))
+
+
+def batched_steps(mlflow_stack, run_id: str) -> list[int]:
+    with mlflow_stack.pg_connect() as connection:
+        found = connection.execute(
+            "SELECT step FROM metrics WHERE run_uuid = %s AND key = 'batched' ORDER BY step", (run_id,)
+        ).fetchall()
+    return [step for (step,) in found]
 
 
 def test_a_person_denied_an_experiment_cannot_read_it(mlflow_stack, people, shared_run, monkeypatch):

@@ -5,6 +5,11 @@ MLflow's log-batch handler turns the JSON into a protobuf message field by field
 database sees any. Here the JSON Flask already parsed (the auth app reads it to check the run's
 permission) becomes five columns in one pass, and the store writes them with one statement.
 
+MLflow's auth app parses the same body into a protobuf message too, only to find the logged models
+its points name (a point's `model_id`), and checks UPDATE on the run and on each model. A body this
+path takes names none, so its check is the run's alone, made without the parse; any other body
+keeps MLflow's whole check.
+
 Only a request MLflow would accept exactly as it is takes this path: JSON content, only `run_id` and
 `metrics` (empty `params`/`tags` allowed), 1 to 1000 points of `key`, `value`, `timestamp` and an
 optional `step`, with integer timestamp and step in range, a number or "NaN"/"Infinity"/"-Infinity"
@@ -16,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import (
     MAX_ENTITY_KEY_LENGTH,
@@ -74,14 +80,21 @@ def metric_columns(payload) -> tuple[str, list[str], list[float], list[int], lis
     return run_id, keys, values, timestamps, steps
 
 
+def request_columns():
+    """`metric_columns` of this request's body, worked out once per request."""
+    if "mlstack_log_batch" not in g:
+        payload = request.get_json(force=True, silent=True) if request.mimetype == "application/json" else None
+        g.mlstack_log_batch = metric_columns(payload)
+    return g.mlstack_log_batch
+
+
 def install(app: Flask, store) -> None:
-    """Answer log-batch requests in `app` through `store.log_metric_columns` when they qualify."""
+    """Answer log-batch requests in `app` through `store.log_metric_columns` when they qualify, and
+    check their permission without the protobuf parse when MLflow's auth app is loaded."""
     mlflow_log_batch = app.view_functions[LOG_BATCH_ENDPOINT]
 
     def log_batch():
-        columns = None
-        if request.mimetype == "application/json":
-            columns = metric_columns(request.get_json(force=True, silent=True))
+        columns = request_columns()
         if columns is None:
             return mlflow_log_batch()
         try:
@@ -91,4 +104,20 @@ def install(app: Flask, store) -> None:
         return Response("{}", mimetype="application/json")
 
     app.view_functions[LOG_BATCH_ENDPOINT] = log_batch
+    if auth := sys.modules.get("mlflow.server.auth"):
+        _install_auth_check(auth)
     _logger.info("metrics-only log-batch requests take mlstack's request-level path")
+
+
+def _install_auth_check(auth) -> None:
+    """Route the auth app's log-batch check through the run-only check for bodies this path takes."""
+    mlflow_check = auth.validate_can_log_batch
+
+    def validate_can_log_batch() -> bool:
+        if request_columns() is not None:  # no point names a logged model: MLflow's check is the run's
+            return auth._validate_can_update_run_and_models(set())
+        return mlflow_check()
+
+    for route, check in list(auth.BEFORE_REQUEST_VALIDATORS.items()):
+        if check is mlflow_check:
+            auth.BEFORE_REQUEST_VALIDATORS[route] = validate_can_log_batch
