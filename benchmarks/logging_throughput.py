@@ -1,24 +1,30 @@
-"""Metric logging throughput against a live MLflow server, four ways, in one run on one server.
+"""Metric logging throughput against live MLflow servers, four ways, in one run.
 
-    python benchmarks/logging_throughput.py [--tracking-uri URL] [--points N]
+    python benchmarks/logging_throughput.py [--points N] [--no-baseline]
 
-Columns: points logged, end-to-end points/s (first call until the server has every point),
-the caller's median and p99 time per call in microseconds, and points found on the server afterwards.
-The tracking URI defaults to MLFLOW_TRACKING_URI from Settings (.env), else the stack's MLflow port.
+Two servers on the same backend and artifact stores: the stack's own (MLFLOW_TRACKING_URI from .env,
+else the stack's MLflow port), and the same deployment started here on MLflow's own store (the
+server without mlstack's store plugin; --no-baseline leaves it out). Columns: points logged, end-to-end
+points/s (first call until the server has every point), the caller's median and p99 time per call
+in microseconds, and points found on the server afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from servers import start_mlflow_own_store
 
 from mlstack.settings import Settings
 from mlstack.tracking import ExperimentTracker, setup_mlflow
+from mlstack.tracking.mlflow.config import use_credentials
 
 
 def timed_calls(count: int, call) -> tuple[float, list[int]]:
@@ -75,36 +81,48 @@ def percentile(sorted_values: list[int], fraction: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracking-uri")
     parser.add_argument("--points", type=int, default=100_000, help="points for log_batch and mlstack")
     parser.add_argument("--sync-points", type=int, default=1_000, help="points for mlflow.log_metric")
     parser.add_argument("--async-points", type=int, default=5_000, help="points for mlflow async logging")
+    parser.add_argument("--no-baseline", action="store_true", help="only the stack's own server")
     args = parser.parse_args()
     settings = Settings.load()
-    uri = args.tracking_uri or settings.mlflow_tracking_uri or settings.mlflow_url
-    experiment = f"bench-logging-{uuid.uuid4().hex[:8]}"
-    setup_mlflow(experiment, tracking_uri=uri, settings=settings)
-    client = MlflowClient(uri)
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    print(f"server {uri}, experiment {experiment}, mlstack flushers {settings.metric_flusher_threads}\n")
-    print("| method | points | points/s | caller median us | caller p99 us | points on server |")
-    print("|---|---:|---:|---:|---:|---:|")
+    use_credentials(settings)  # the client account of .env, for every client here
+    store = "mlstack's store plugin" if settings.mlstack_fast_store else "MLflow's own store"
+    servers = [(f"stack ({store})", settings.mlflow_tracking_uri or settings.mlflow_url)]
     cases = [
         ("mlflow.log_metric (per call)", fluent_sync, args.sync_points),
         ("mlflow.log_metric(synchronous=False)", fluent_async, args.async_points),
         ("MlflowClient.log_batch (1000/request; per request)", client_log_batch, args.points),
         ("mlstack ExperimentTracker.log_metric", mlstack_tracker, args.points),
     ]
-    for label, method, points in cases:
-        run_id, started, durations = method(client, experiment_id, points)
-        elapsed = time.perf_counter() - started
-        found = len(client.get_metric_history(run_id, "loss"))
-        durations.sort()
-        print(
-            f"| {label} | {points:,} | {points / elapsed:,.0f} | {percentile(durations, 0.5):,.1f} | "
-            f"{percentile(durations, 0.99):,.1f} | {found:,} |",
-            flush=True,
-        )
+    print(f"mlstack flushers: {settings.metric_flusher_threads}\n")
+    print("| server | method | points | points/s | caller median us | caller p99 us | points on server |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as workdir:
+        baseline = None
+        if not args.no_baseline:
+            baseline, url = start_mlflow_own_store(settings, Path(workdir))
+            servers.append(("same deployment, MLflow's own store", url))
+        try:
+            for server, uri in servers:
+                experiment = f"bench-logging-{uuid.uuid4().hex[:8]}"
+                setup_mlflow(experiment, tracking_uri=uri, settings=settings)
+                client = MlflowClient(uri)
+                experiment_id = client.get_experiment_by_name(experiment).experiment_id
+                for label, method, points in cases:
+                    run_id, started, durations = method(client, experiment_id, points)
+                    elapsed = time.perf_counter() - started
+                    found = len(client.get_metric_history(run_id, "loss"))
+                    durations.sort()
+                    print(
+                        f"| {server} | {label} | {points:,} | {points / elapsed:,.0f} | "
+                        f"{percentile(durations, 0.5):,.1f} | {percentile(durations, 0.99):,.1f} | {found:,} |",
+                        flush=True,
+                    )
+        finally:
+            if baseline:
+                baseline.stop()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,10 +43,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from rich.console import Console
 from rich.table import Table
+from servers import Candidate, free_port, shipped_server_args, start_mlflow, start_process, wait_until_quiet
 
 from mlstack.runtime.health import http_ok
-from mlstack.runtime.native.process import ManagedProcess, group_members
-from mlstack.runtime.native.runtime import auth_config, gunicorn_options, mlflow_server_env
+from mlstack.runtime.native.process import ManagedProcess
 from mlstack.settings import Settings
 from mlstack.tracking.mlflow.config import use_credentials
 
@@ -57,23 +56,10 @@ NO_AUTH = "shipped server without authentication"
 UPLOADS_HELD = 2
 
 
-@dataclass(frozen=True)
-class Candidate:
-    name: str
-    server_args: tuple[str, ...] = ()
-    #: nginx in front of this candidate's server; upstream keep-alive on or off.
-    proxy_keepalive: bool | None = None
-    #: "default": MLflow's basic-auth app as upstream configures it (no login cache); "shipped": with the
-    #: stack's auth configuration; "off": no authentication. Only with MLFLOW_AUTH on in .env.
-    auth: str = "default"
-    #: The store plugin (the shipped server's) instead of MLflow's own store.
-    fast_store: bool = False
-
-
 def candidates(settings: Settings, deployments: bool) -> list[Candidate]:
     """The servers started here: the baseline, the shipped deployment on MLflow's own store, the shipped
     server without authentication, and with `deployments` the variants of session 2."""
-    shipped_gunicorn = ("--workers", str(settings.mlflow_workers), "--gunicorn-opts", gunicorn_options(settings))
+    shipped_gunicorn = shipped_server_args(settings)
     chosen = [
         Candidate(BASELINE),
         Candidate("shipped gunicorn gthread, MLflow's own store", shipped_gunicorn, auth="shipped"),
@@ -122,64 +108,6 @@ class Server:
     url: str
     samples: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
     during_uploads: list[float] | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    ticks = 0
-    for pid in group_members(pgid):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def wait_until_quiet(pgid: int, timeout: float = 240.0) -> None:
-    """Until the process group uses under 5% of a core over two seconds."""
-    deadline = time.monotonic() + timeout
-    before = group_cpu_seconds(pgid)
-    while time.monotonic() < deadline:
-        time.sleep(2)
-        now = group_cpu_seconds(pgid)
-        if now - before < 0.1:
-            return
-        before = now
-
-
-def start_process(command: list[str], env: dict[str, str], workdir: Path, health: str) -> ManagedProcess:
-    process = ManagedProcess(f"bench-{uuid.uuid4().hex[:8]}", workdir, workdir)
-    process.start(command, env=env)
-    deadline = time.monotonic() + 180
-    while not http_ok(health):
-        if time.monotonic() > deadline or not process.is_running():
-            raise RuntimeError(f"{command[:4]} did not start:\n{process.tail()}")
-        time.sleep(0.5)
-    return process
-
-
-def start_mlflow(settings: Settings, candidate: Candidate, workdir: Path) -> tuple[ManagedProcess, str]:
-    port = free_port()
-    auth = settings.mlflow_auth and candidate.auth != "off"
-    command = [
-        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
-        *("--artifacts-destination", f"s3://{settings.mlflow_artifact_bucket}", *candidate.server_args),
-        *(("--app-name", "basic-auth") if auth else ()),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    env = {**mlflow_server_env(settings), "MLSTACK_FAST_STORE": str(candidate.fast_store).lower()}
-    if auth and candidate.auth == "default":  # upstream's configuration: the same user database, no login cache
-        config = workdir / f"basic_auth-{port}.ini"
-        database_uri = settings.backend_store_uri(with_password=False, database=settings.mlflow_auth_db)
-        config.write_text(auth_config(database_uri, settings.mlflow_auth_default_permission, cache_seconds=0))
-        env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
-    return start_process(command, env, workdir, f"{url}/health"), url
 
 
 def start_nginx(nginx: str, upstream: str, keepalive: bool, workdir: Path) -> tuple[ManagedProcess, str]:

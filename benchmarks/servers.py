@@ -1,0 +1,106 @@
+"""MLflow servers a benchmark starts beside the stack's own, on the stack's backend and artifact stores.
+
+Each is the MLflow server the stack ships (or a variant), on a free port, stopped by the caller;
+`wait_until_quiet` holds measurements until the process group has finished starting (MLflow starts a
+job runner and huey consumers that import for seconds after /health answers).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlstack.runtime.health import http_ok
+from mlstack.runtime.native.process import ManagedProcess, group_members
+from mlstack.runtime.native.runtime import auth_config, gunicorn_options, mlflow_server_env
+from mlstack.settings import Settings
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    server_args: tuple[str, ...] = ()
+    #: nginx in front of this candidate's server; upstream keep-alive on or off.
+    proxy_keepalive: bool | None = None
+    #: "default": MLflow's basic-auth app as upstream configures it (no login cache); "shipped": with the
+    #: stack's auth configuration; "off": no authentication. Only with MLFLOW_AUTH on in .env.
+    auth: str = "default"
+    #: The store plugin (the shipped server's) instead of MLflow's own store.
+    fast_store: bool = False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    ticks = 0
+    for pid in group_members(pgid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_quiet(pgid: int, timeout: float = 240.0) -> None:
+    """Until the process group uses under 5% of a core over two seconds."""
+    deadline = time.monotonic() + timeout
+    before = group_cpu_seconds(pgid)
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        now = group_cpu_seconds(pgid)
+        if now - before < 0.1:
+            return
+        before = now
+
+
+def start_process(command: list[str], env: dict[str, str], workdir: Path, health: str) -> ManagedProcess:
+    process = ManagedProcess(f"bench-{uuid.uuid4().hex[:8]}", workdir, workdir)
+    process.start(command, env=env)
+    deadline = time.monotonic() + 180
+    while not http_ok(health):
+        if time.monotonic() > deadline or not process.is_running():
+            raise RuntimeError(f"{command[:4]} did not start:\n{process.tail()}")
+        time.sleep(0.5)
+    return process
+
+
+def start_mlflow(settings: Settings, candidate: Candidate, workdir: Path) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    auth = settings.mlflow_auth and candidate.auth != "off"
+    command = [
+        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+        *("--artifacts-destination", f"s3://{settings.mlflow_artifact_bucket}", *candidate.server_args),
+        *(("--app-name", "basic-auth") if auth else ()),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    env = {**mlflow_server_env(settings), "MLSTACK_FAST_STORE": str(candidate.fast_store).lower()}
+    if auth and candidate.auth == "default":  # upstream's configuration: the same user database, no login cache
+        config = workdir / f"basic_auth-{port}.ini"
+        database_uri = settings.backend_store_uri(with_password=False, database=settings.mlflow_auth_db)
+        config.write_text(auth_config(database_uri, settings.mlflow_auth_default_permission, cache_seconds=0))
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+    return start_process(command, env, workdir, f"{url}/health"), url
+
+
+def shipped_server_args(settings: Settings) -> tuple[str, ...]:
+    """The shipped deployment's worker options (gunicorn gthread), as `mlflow server` arguments."""
+    return ("--workers", str(settings.mlflow_workers), "--gunicorn-opts", gunicorn_options(settings))
+
+
+def start_mlflow_own_store(settings: Settings, workdir: Path) -> tuple[ManagedProcess, str]:
+    """The shipped deployment (workers, auth with the stack's configuration) on MLflow's own store:
+    the server as it was without mlstack's store plugin; the baseline of the store benchmarks."""
+    candidate = Candidate("shipped deployment, MLflow's own store", shipped_server_args(settings), auth="shipped")
+    process, url = start_mlflow(settings, candidate, workdir)
+    wait_until_quiet(process.pid())
+    return process, url
