@@ -8,7 +8,10 @@ permission) becomes five columns in one pass, and the store writes them with one
 MLflow's auth app parses the same body into a protobuf message too, only to find the logged models
 its points name (a point's `model_id`), and checks UPDATE on the run and on each model. A body this
 path takes names none, so its check is the run's alone, made without the parse; any other body
-keeps MLflow's whole check.
+keeps MLflow's whole check. Likewise, for a person who is not an admin, the auth app parses every
+runs/get, search-runs and metric-history answer back into protobuf to withhold links to logged
+models they are denied (1 s for 10,000 runs); an answer that names no logged model has none to
+withhold, so it is sent as it is.
 
 Only a request MLflow would accept exactly as it is takes this path: JSON content, only `run_id` and
 `metrics` (empty `params`/`tags` allowed), 1 to 1000 points of `key`, `value`, `timestamp` and an
@@ -110,7 +113,8 @@ def install(app: Flask, store) -> None:
 
 
 def _install_auth_check(auth) -> None:
-    """Route the auth app's log-batch check through the run-only check for bodies this path takes."""
+    """Route the auth app's log-batch check through the run-only check for bodies this path takes, and
+    its logged-model redactions past answers that name no logged model."""
     mlflow_check = auth.validate_can_log_batch
 
     def validate_can_log_batch() -> bool:
@@ -121,3 +125,26 @@ def _install_auth_check(auth) -> None:
     for route, check in list(auth.BEFORE_REQUEST_VALIDATORS.items()):
         if check is mlflow_check:
             auth.BEFORE_REQUEST_VALIDATORS[route] = validate_can_log_batch
+    model_link_redactions = {
+        auth.redact_get_run_model_links,
+        auth.redact_search_runs_model_links,
+        auth.redact_metric_history_model_ids,
+    }
+    for route, redact in list(auth.AFTER_REQUEST_HANDLERS.items()):
+        if redact in model_link_redactions:
+            auth.AFTER_REQUEST_HANDLERS[route] = only_with_model_links(redact)
+
+
+#: The JSON keys a link to a logged model is answered under (MLflow's field names, plain ASCII).
+MODEL_LINK_KEYS = (b'"model_inputs"', b'"model_outputs"', b'"model_id"')
+
+
+def only_with_model_links(redact):
+    """`redact` (one of the auth app's logged-model redactions), for answers that name a logged model."""
+
+    def redact_model_links(response: Response) -> None:
+        body = response.get_data()
+        if any(key in body for key in MODEL_LINK_KEYS):
+            redact(response)
+
+    return redact_model_links

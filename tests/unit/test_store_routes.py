@@ -1,14 +1,15 @@
-"""Which log-batch bodies the request-level fast path takes (services/mlflow-server/store routes.py).
-
-It may take only what MLflow's handler accepts exactly as it is; every other body goes to MLflow's
-handler, which answers it (tests/integration/test_fast_store.py holds the two to the same result)."""
+"""The store plugin's request-level paths (services/mlflow-server/store routes.py): which log-batch
+bodies the fast path takes (only what MLflow's handler accepts exactly as it is; every other body goes
+to MLflow's handler: tests/integration/test_fast_store.py holds the two to the same result), and
+which answers still go through the auth app's logged-model redactions."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
-from mlstack_mlflow_store.routes import metric_columns
+from flask import Response
+from mlstack_mlflow_store.routes import metric_columns, only_with_model_links
 
 RUN = "0123456789abcdef0123456789abcdef"
 
@@ -86,3 +87,18 @@ def test_a_full_batch_of_1000_is_taken_and_1001_is_left_to_mlflow():
 )
 def test_anything_else_is_left_to_mlflows_handler(payload):
     assert metric_columns(payload) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "redacted"),
+    [
+        ('{"run": {"info": {"run_id": "r"}, "data": {"tags": [{"key": "model", "value": "ridge"}]}}}', False),
+        ('{"runs": [{"outputs": {"model_outputs": [{"model_id": "m-1", "step": 0}]}}]}', True),
+        ('{"run": {"inputs": {"model_inputs": [{"model_id": "m-1"}]}}}', True),
+        ('{"metrics": [{"key": "loss", "value": 0.5, "model_id": "m-1"}]}', True),
+    ],
+)
+def test_only_answers_naming_a_logged_model_go_through_the_auth_apps_redaction(answer, redacted):
+    seen = []
+    only_with_model_links(seen.append)(Response(answer, mimetype="application/json"))
+    assert bool(seen) is redacted
