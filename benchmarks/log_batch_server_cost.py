@@ -36,6 +36,9 @@ def client_for(store, request_level: bool):
     """A Flask test client serving MLflow's log-batch handler on `store`, optionally with mlstack's route."""
     app = Flask(f"bench-{uuid.uuid4().hex[:6]}")
     app.add_url_rule(LOG_BATCH, routes.LOG_BATCH_ENDPOINT, handlers._log_batch, methods=["POST"])
+    app.add_url_rule(
+        "/search", routes.SEARCH_RUNS_ENDPOINT, handlers._search_runs, methods=["POST"]
+    )  # install wraps it
     if request_level:
         routes.install(app, store)
     return app.test_client()

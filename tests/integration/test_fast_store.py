@@ -313,6 +313,7 @@ def test_mlflow_builds_the_fast_store_only_when_asked(uri, monkeypatch):
 # handler with the fast route installed, answer the same request bodies, each on a run of its own.
 
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
+SEARCH = "/ajax-api/2.0/mlflow/runs/search"
 UNKNOWN_RUN = uuid.uuid4().hex
 
 
@@ -323,6 +324,7 @@ def log_batch_apps(upstream, fast):
     apps = {name: Flask(name) for name in ("mlflow", "fast")}
     for app in apps.values():
         app.add_url_rule(LOG_BATCH, routes.LOG_BATCH_ENDPOINT, handlers._log_batch, methods=["POST"])
+        app.add_url_rule(SEARCH, routes.SEARCH_RUNS_ENDPOINT, handlers._search_runs, methods=["POST"])
     taken = []
 
     class CountingStore:
@@ -440,3 +442,69 @@ def test_log_batch_to_a_deleted_run_or_as_text_gets_mlflows_answer(
         log_batch_apps, mlflow_stack, upstream_run, fast_run, lambda run: {"run_id": run, "metrics": batch}
     )
     assert status == 400 and "must be in the 'active' state" in answer
+
+
+# -- search-runs answered through protojson (routes.py): the same JSON value as MLflow's handler,
+# for the requests the client and the UI send, their pages, and bad requests.
+
+
+@pytest.fixture(scope="module")
+def search_apps(upstream):
+    """Test clients of MLflow's search-runs handler and of the plugin's, both on MLflow's store."""
+    apps = {name: Flask(name) for name in ("mlflow", "fast")}
+    for app in apps.values():
+        app.add_url_rule(LOG_BATCH, routes.LOG_BATCH_ENDPOINT, handlers._log_batch, methods=["POST"])
+        app.add_url_rule(SEARCH, routes.SEARCH_RUNS_ENDPOINT, handlers._search_runs, methods=["POST"])
+    routes.install(apps["fast"], upstream)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(handlers, "_get_tracking_store", lambda *args, **kwargs: upstream)
+        yield apps["mlflow"].test_client(), apps["fast"].test_client()
+
+
+@pytest.fixture(scope="module")
+def searched_experiment(upstream, fast) -> str:
+    """Runs with NaN and infinite metrics, params, tags, datasets, a logged model, one deleted."""
+    experiment_id = upstream.create_experiment(f"fast-search-{uuid.uuid4().hex[:10]}", ARTIFACT_ROOT)
+    for index in range(12):
+        run_id = new_run(upstream, experiment_id, name=f"run-{index % 5}")
+        upstream.log_batch(
+            run_id,
+            [Metric("rmse", (math.nan, math.inf, -math.inf, 1.5, float(index))[index % 5], 1_000 + index, index)],
+            [Param("alpha", str(index % 3))],
+            [RunTag("team", ("a", "b")[index % 2])],
+        )
+        if index == 3:
+            furnish(upstream, experiment_id, run_id)
+        if index == 7:
+            upstream.delete_run(run_id)
+    return experiment_id
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        {},
+        {"max_results": 5},
+        {"max_results": 100, "order_by": ["attributes.start_time DESC"], "run_view_type": "ACTIVE_ONLY"},
+        {"order_by": ["metrics.rmse ASC", "params.alpha DESC"], "max_results": 4},
+        {"filter": "metrics.rmse > 1 and tags.team = 'a'", "run_view_type": "ALL"},
+        {"filter": "attributes.run_name ILIKE 'run-1%'", "run_view_type": "DELETED_ONLY"},
+        {"max_results": 50001},
+        {"order_by": "metrics.rmse"},
+        {"filter": "metrics.rmse >>> 1"},
+        {"page_token": "not-a-token"},
+    ],
+)
+def test_search_runs_answers_mlflows_json(search_apps, searched_experiment, request_body):
+    mlflow_client, fast_client = search_apps
+    body = {"experiment_ids": [searched_experiment], **request_body}
+    while True:
+        expected, answer = mlflow_client.post(SEARCH, json=body), fast_client.post(SEARCH, json=body)
+        assert (answer.status_code, answer.mimetype) == (expected.status_code, expected.mimetype)
+        assert answer.get_json() == expected.get_json()
+        if expected.status_code == 200 and expected.get_json():  # encoded by protojson (compact), not indented
+            assert b"\n" not in answer.get_data() and b"\n" in expected.get_data()
+        token = expected.get_json().get("next_page_token")
+        if not token:
+            break
+        body = {**body, "page_token": token}
