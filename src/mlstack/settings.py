@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     mlflow_workers: int = Field(default=2, ge=1)
     mlflow_threads: int = Field(default=8, ge=1)
     mlflow_worker_timeout: int = Field(default=900, ge=1)
-    #: The server's single-statement PostgreSQL paths (services/mlflow-server/store); off: MLflow's own store.
+    #: The server's PostgreSQL fast paths (services/mlflow-server/store); off: MLflow's own store and handlers.
     mlstack_fast_store: bool = True
     mlflow_allowed_hosts: str = "localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow,mlflow:*"
     #: Names (or IPs) other machines reach the server by, comma-separated; added to the allowed hosts.

@@ -148,7 +148,7 @@ def test_server_answers_from_the_fast_store(mlflow_stack, client):
 
     assert client.get_run(run_id).data.metrics == {"loss": 0.5}
     assert all(env.get("MLSTACK_FAST_STORE") == "true" for env in mlflow_stack.server_environments())
-    assert "use mlstack's single-statement PostgreSQL paths" in mlflow_stack.server_log()
+    assert "search-runs use mlstack's PostgreSQL fast paths" in mlflow_stack.server_log()
     assert (
         "log-batch requests take mlstack's request-level path; search-runs answers use protojson"
         in mlflow_stack.server_log()

@@ -53,5 +53,5 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
 
     if artifact_uri is None:  # the server's artifact root, as MLflow's own builder resolves it
         artifact_uri = os.environ.get(_SERVER_ARTIFACT_ROOT_ENV_VAR, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
-    _logger.info("runs/get, log-metric, set-tag and log-batch use mlstack's single-statement PostgreSQL paths")
+    _logger.info("runs/get, log-metric, set-tag, log-batch and search-runs use mlstack's PostgreSQL fast paths")
     return PostgresFastPathStore(store_uri, artifact_uri)

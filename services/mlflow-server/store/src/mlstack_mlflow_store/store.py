@@ -1,5 +1,5 @@
 """`PostgresFastPathStore`: MLflow's SqlAlchemyStore with one statement for runs/get, log-metric,
-set-tag and metrics-only log-batch.
+set-tag and metrics-only log-batch, and search-runs without ORM objects (search.py).
 
 MLflow's store answers these through its ORM: runs/get is seven queries and a tree of ORM objects
 (about 6 ms of CPU on a 2-core VM), log-metric four round trips and a unit-of-work flush, a batch of
@@ -45,8 +45,9 @@ from sqlalchemy import text
 # A run with its tags, params, latest metrics, dataset inputs and model inputs/outputs: the rows
 # MLflow's get_run reads with seven queries. Typed arrays keep floats and bigints exact; the dataset
 # inputs (all text) travel as JSON.
-_GET_RUN = text("""
-SELECT r.run_uuid, r.name, r.experiment_id, r.user_id, r.status, r.start_time, r.end_time,
+# A run's columns with its tags, params and latest metrics (`r` is the runs row).
+RUN_COLUMNS = """
+       r.run_uuid, r.name, r.experiment_id, r.user_id, r.status, r.start_time, r.end_time,
        r.lifecycle_stage, r.artifact_uri,
        ARRAY(SELECT ARRAY[t.key, t.value] FROM tags t WHERE t.run_uuid = r.run_uuid ORDER BY t.key) AS tags,
        ARRAY(SELECT ARRAY[p.key, p.value] FROM params p WHERE p.run_uuid = r.run_uuid ORDER BY p.key) AS params,
@@ -55,7 +56,10 @@ SELECT r.run_uuid, r.name, r.experiment_id, r.user_id, r.status, r.start_time, r
        ARRAY(SELECT m.timestamp FROM latest_metrics m WHERE m.run_uuid = r.run_uuid ORDER BY m.key)
            AS metric_timestamps,
        ARRAY(SELECT m.step FROM latest_metrics m WHERE m.run_uuid = r.run_uuid ORDER BY m.key) AS metric_steps,
-       ARRAY(SELECT m.is_nan FROM latest_metrics m WHERE m.run_uuid = r.run_uuid ORDER BY m.key) AS metric_is_nan,
+       ARRAY(SELECT m.is_nan FROM latest_metrics m WHERE m.run_uuid = r.run_uuid ORDER BY m.key) AS metric_is_nan"""
+
+_GET_RUN = text(f"""
+SELECT {RUN_COLUMNS},
        (SELECT json_agg(json_build_object(
                    'name', d.name, 'digest', d.digest, 'source_type', d.dataset_source_type,
                    'source', d.dataset_source, 'schema', d.dataset_schema, 'profile', d.dataset_profile,
@@ -131,7 +135,8 @@ SELECT (SELECT lifecycle_stage FROM run)
 
 
 class PostgresFastPathStore(SqlAlchemyStore):
-    """SqlAlchemyStore for PostgreSQL whose runs/get, log-metric, set-tag and log-batch take one statement."""
+    """SqlAlchemyStore for PostgreSQL whose runs/get, log-metric, set-tag and log-batch take one statement
+    and whose search-runs reads the page's runs in one."""
 
     def get_run(self, run_id):
         with self.ManagedSessionMaker() as session:
@@ -139,6 +144,11 @@ class PostgresFastPathStore(SqlAlchemyStore):
         if row is None:
             raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
         return _run_from_row(row)
+
+    def _search_runs(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token):
+        from mlstack_mlflow_store.search import search_runs
+
+        return search_runs(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token)
 
     def log_metric(self, run_id, metric):
         if metric.model_id is not None:
@@ -186,6 +196,33 @@ class PostgresFastPathStore(SqlAlchemyStore):
 
 def _run_from_row(row) -> Run:
     """The `Run` entity MLflow's `SqlRun.to_mlflow_entity` and input queries build, from one row."""
+    info, data = run_info_and_data(row)
+    dataset_inputs = [
+        DatasetInput(
+            dataset=Dataset(
+                name=d["name"],
+                digest=d["digest"],
+                source_type=d["source_type"],
+                source=d["source"],
+                schema=d["schema"],
+                profile=d["profile"],
+            ),
+            tags=[InputTag(key=name, value=value) for name, value in d["tags"]],
+        )
+        for d in row["dataset_inputs"] or []
+    ]
+    model_inputs = [LoggedModelInput(model_id=model_id) for model_id in row["model_inputs"]]
+    model_outputs = [
+        LoggedModelOutput(model_id=model_id, step=step)
+        for model_id, step in zip(row["model_output_ids"], row["model_output_steps"], strict=True)
+    ]
+    return Run(
+        info, data, RunInputs(dataset_inputs=dataset_inputs, model_inputs=model_inputs), RunOutputs(model_outputs)
+    )
+
+
+def run_info_and_data(row) -> tuple[RunInfo, RunData]:
+    """A run's info and data as MLflow's `SqlRun.to_mlflow_entity` builds them, from `RUN_COLUMNS`."""
     tags = [RunTag(key, value) for key, value in row["tags"]]
     info = RunInfo(
         run_id=row["run_uuid"],
@@ -212,25 +249,4 @@ def _run_from_row(row) -> Run:
         )
     ]
     data = RunData(metrics=metrics, params=[Param(key, value) for key, value in row["params"]], tags=tags)
-    dataset_inputs = [
-        DatasetInput(
-            dataset=Dataset(
-                name=d["name"],
-                digest=d["digest"],
-                source_type=d["source_type"],
-                source=d["source"],
-                schema=d["schema"],
-                profile=d["profile"],
-            ),
-            tags=[InputTag(key=name, value=value) for name, value in d["tags"]],
-        )
-        for d in row["dataset_inputs"] or []
-    ]
-    model_inputs = [LoggedModelInput(model_id=model_id) for model_id in row["model_inputs"]]
-    model_outputs = [
-        LoggedModelOutput(model_id=model_id, step=step)
-        for model_id, step in zip(row["model_output_ids"], row["model_output_steps"], strict=True)
-    ]
-    return Run(
-        info, data, RunInputs(dataset_inputs=dataset_inputs, model_inputs=model_inputs), RunOutputs(model_outputs)
-    )
+    return info, data
