@@ -12,15 +12,13 @@ in microseconds, and points found on the server afterwards.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from servers import start_mlflow_own_store
+from servers import stack_and_baseline
 
 from mlstack.settings import Settings
 from mlstack.tracking import ExperimentTracker, setup_mlflow
@@ -88,8 +86,6 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings.load()
     use_credentials(settings)  # the client account of .env, for every client here
-    store = "mlstack's store plugin" if settings.mlstack_fast_store else "MLflow's own store"
-    servers = [(f"stack ({store})", settings.mlflow_tracking_uri or settings.mlflow_url)]
     cases = [
         ("mlflow.log_metric (per call)", fluent_sync, args.sync_points),
         ("mlflow.log_metric(synchronous=False)", fluent_async, args.async_points),
@@ -99,30 +95,22 @@ def main() -> None:
     print(f"mlstack flushers: {settings.metric_flusher_threads}\n")
     print("| server | method | points | points/s | caller median us | caller p99 us | points on server |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    with tempfile.TemporaryDirectory() as workdir:
-        baseline = None
-        if not args.no_baseline:
-            baseline, url = start_mlflow_own_store(settings, Path(workdir))
-            servers.append(("same deployment, MLflow's own store", url))
-        try:
-            for server, uri in servers:
-                experiment = f"bench-logging-{uuid.uuid4().hex[:8]}"
-                setup_mlflow(experiment, tracking_uri=uri, settings=settings)
-                client = MlflowClient(uri)
-                experiment_id = client.get_experiment_by_name(experiment).experiment_id
-                for label, method, points in cases:
-                    run_id, started, durations = method(client, experiment_id, points)
-                    elapsed = time.perf_counter() - started
-                    found = len(client.get_metric_history(run_id, "loss"))
-                    durations.sort()
-                    print(
-                        f"| {server} | {label} | {points:,} | {points / elapsed:,.0f} | "
-                        f"{percentile(durations, 0.5):,.1f} | {percentile(durations, 0.99):,.1f} | {found:,} |",
-                        flush=True,
-                    )
-        finally:
-            if baseline:
-                baseline.stop()
+    with stack_and_baseline(settings, baseline=not args.no_baseline) as servers:
+        for server, uri in servers:
+            experiment = f"bench-logging-{uuid.uuid4().hex[:8]}"
+            setup_mlflow(experiment, tracking_uri=uri, settings=settings)
+            client = MlflowClient(uri)
+            experiment_id = client.get_experiment_by_name(experiment).experiment_id
+            for label, method, points in cases:
+                run_id, started, durations = method(client, experiment_id, points)
+                elapsed = time.perf_counter() - started
+                found = len(client.get_metric_history(run_id, "loss"))
+                durations.sort()
+                print(
+                    f"| {server} | {label} | {points:,} | {points / elapsed:,.0f} | "
+                    f"{percentile(durations, 0.5):,.1f} | {percentile(durations, 0.99):,.1f} | {found:,} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

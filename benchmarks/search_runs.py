@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import mlflow
 import psycopg
 import requests
 from mlflow import MlflowClient
-from servers import start_mlflow_own_store
+from servers import stack_and_baseline
 
 from mlstack.settings import Settings
 from mlstack.tracking import compare_runs, setup_mlflow
@@ -125,20 +123,8 @@ def main() -> None:
     experiment_id = MlflowClient(stack_uri).get_experiment_by_name(experiment).experiment_id
     seed_runs(settings.postgres_dsn(), experiment_id, args.runs)
 
-    store = "mlstack's store plugin" if settings.mlstack_fast_store else "MLflow's own store"
-    servers = [(f"stack ({store})", stack_uri)]
-    results: dict[str, dict[str, tuple[float, int]]] = {}
-    with tempfile.TemporaryDirectory() as workdir:
-        baseline = None
-        if not args.no_baseline:
-            baseline, url = start_mlflow_own_store(settings, Path(workdir))
-            servers.append(("same deployment, MLflow's own store", url))
-        try:
-            for server, url in servers:
-                results[server] = time_queries(url, auth, experiment, experiment_id, args)
-        finally:
-            if baseline:
-                baseline.stop()
+    with stack_and_baseline(settings, baseline=not args.no_baseline) as servers:
+        results = {server: time_queries(url, auth, experiment, experiment_id, args) for server, url in servers}
     print(f"{args.runs:,} runs (2 metrics, 2 params, 3 tags each), median of {args.repeat}\n")
     names = list(results)
     print("| query | rows | " + " | ".join(f"{name} s" for name in names) + " | ratio |")

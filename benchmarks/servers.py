@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +107,20 @@ def start_mlflow_own_store(settings: Settings, workdir: Path) -> tuple[ManagedPr
     process, url = start_mlflow(settings, candidate, workdir)
     wait_until_quiet(process.pid())
     return process, url
+
+
+@contextmanager
+def stack_and_baseline(settings: Settings, baseline: bool = True) -> Iterator[list[tuple[str, str]]]:
+    """(name, URL) of the stack's own server and, with `baseline`, of the same deployment on MLflow's
+    own store, started here and stopped on leaving."""
+    store = "mlstack's store plugin" if settings.mlstack_fast_store else "MLflow's own store"
+    servers = [(f"stack ({store})", settings.mlflow_tracking_uri or settings.mlflow_url)]
+    if not baseline:
+        yield servers
+        return
+    with tempfile.TemporaryDirectory() as workdir:
+        process, url = start_mlflow_own_store(settings, Path(workdir))
+        try:
+            yield [*servers, ("same deployment, MLflow's own store", url)]
+        finally:
+            process.stop()
