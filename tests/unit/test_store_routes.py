@@ -6,10 +6,14 @@ which answers still go through the auth app's logged-model redactions."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
-from flask import Response
+from flask import Flask, Response
+from mlflow.server import handlers
+from mlstack_mlflow_store import gunicorn_hooks, routes
 from mlstack_mlflow_store.routes import metric_columns, only_with_model_links
+from mlstack_mlflow_store.store import PostgresFastPathStore
 
 RUN = "0123456789abcdef0123456789abcdef"
 
@@ -102,3 +106,19 @@ def test_only_answers_naming_a_logged_model_go_through_the_auth_apps_redaction(a
     seen = []
     only_with_model_links(seen.append)(Response(answer, mimetype="application/json"))
     assert bool(seen) is redacted
+
+
+def test_the_gunicorn_hook_leaves_mlflows_views_alone_unless_the_store_is_the_fast_one(monkeypatch):
+    """MLSTACK_FAST_STORE=false (or another MLflow version) builds MLflow's own store: no request-level path."""
+    app = Flask("hook")
+    app.add_url_rule("/log-batch", routes.LOG_BATCH_ENDPOINT, handlers._log_batch, methods=["POST"])
+    app.add_url_rule("/search", routes.SEARCH_RUNS_ENDPOINT, handlers._search_runs, methods=["POST"])
+    views = dict(app.view_functions)
+    monkeypatch.setattr(handlers, "_get_tracking_store", lambda: object())
+    gunicorn_hooks.post_worker_init(SimpleNamespace(wsgi=app))
+    assert app.view_functions == views
+
+    monkeypatch.setattr(handlers, "_get_tracking_store", lambda: PostgresFastPathStore.__new__(PostgresFastPathStore))
+    gunicorn_hooks.post_worker_init(SimpleNamespace(wsgi=app))
+    assert app.view_functions[routes.LOG_BATCH_ENDPOINT] is not views[routes.LOG_BATCH_ENDPOINT]
+    assert app.view_functions[routes.SEARCH_RUNS_ENDPOINT] is routes.search_runs
