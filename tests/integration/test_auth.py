@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
 
 from mlstack.bootstrap.mlflow import MlflowUsers
@@ -172,6 +172,27 @@ def test_a_person_denied_an_experiment_cannot_read_it(mlflow_stack, people, shar
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_stack.client_auth[1])
     open_experiment = other.create_experiment(f"open-{uuid.uuid4().hex[:8]}")
     assert client_as(mlflow_stack, monkeypatch, "reader", READER_PASSWORD).get_experiment(open_experiment)
+
+
+def test_links_to_logged_models_a_person_is_denied_are_still_withheld(mlflow_stack, people, monkeypatch):
+    """The store plugin sends answers that name no logged model past the auth app's redaction
+    (routes.py); an answer naming one still goes through it: a person denied logged models sees the
+    run without its model link, in runs/get and in search-runs, while its owner sees the link."""
+    owner = client_as(mlflow_stack, monkeypatch, *mlflow_stack.client_auth)
+    experiment_id = owner.create_experiment(f"links-{uuid.uuid4().hex[:8]}")
+    linked, plain = (owner.create_run(experiment_id).info.run_id for _ in range(2))
+    model = owner.create_logged_model(experiment_id, source_run_id=linked)
+    owner.log_outputs(linked, [LoggedModelOutput(model.model_id, step=0)])
+    assert [output.model_id for output in owner.get_run(linked).outputs.model_outputs] == [model.model_id]
+
+    MlflowUsers(mlflow_stack.settings).grant("reader", "logged_model", "*", "DENY")
+    reader = client_as(mlflow_stack, monkeypatch, "reader", READER_PASSWORD)
+    assert reader.get_run(linked).outputs.model_outputs == []
+    found = {run.info.run_id: run for run in reader.search_runs([experiment_id])}
+    assert set(found) == {linked, plain}
+    assert found[linked].outputs.model_outputs == []
+    owner = client_as(mlflow_stack, monkeypatch, *mlflow_stack.client_auth)
+    assert [output.model_id for output in owner.get_run(linked).outputs.model_outputs] == [model.model_id]
 
 
 def test_a_server_restart_keeps_people_and_their_permissions(mlflow_stack, people, shared_run, monkeypatch):
