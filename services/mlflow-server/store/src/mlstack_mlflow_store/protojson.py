@@ -52,9 +52,9 @@ def _scalar_converter(field: FieldDescriptor) -> Callable:
     if kind == FieldDescriptor.CPPTYPE_ENUM:
         names = {value.number: value.name for value in field.enum_type.values}
         return lambda number: names.get(number, number)
-    if kind in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
-        if kind == FieldDescriptor.CPPTYPE_FLOAT:
-            raise NotImplementedError(f"{field.full_name}: 32-bit float")
+    if kind == FieldDescriptor.CPPTYPE_FLOAT:
+        raise NotImplementedError(f"{field.full_name}: 32-bit float")
+    if kind == FieldDescriptor.CPPTYPE_DOUBLE:
         return _double
     if field.type == FieldDescriptor.TYPE_BYTES:
         return lambda raw: base64.b64encode(raw).decode("utf-8")
