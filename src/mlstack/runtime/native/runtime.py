@@ -374,6 +374,10 @@ def mlflow_server_command(settings: Settings) -> list[str]:
     ]
 
 
+#: The store plugin's gunicorn configuration module (services/mlflow-server/store).
+GUNICORN_HOOKS = "python:mlstack_mlflow_store.gunicorn_hooks"
+
+
 def gunicorn_options(settings: Settings) -> str:
     """Threaded workers with HTTP keep-alive: a long upload holds one thread, never a whole worker.
     With the store plugin on, its gunicorn hooks install the request-level fast paths in each worker.
@@ -386,10 +390,6 @@ def gunicorn_options(settings: Settings) -> str:
         f" --timeout {settings.mlflow_worker_timeout} --graceful-timeout 30"
     )
     return f"{options} --config {GUNICORN_HOOKS}" if settings.mlstack_fast_store else options
-
-
-#: The store plugin's gunicorn configuration module (services/mlflow-server/store).
-GUNICORN_HOOKS = "python:mlstack_mlflow_store.gunicorn_hooks"
 
 
 def require_store_plugin(settings: Settings) -> None:
