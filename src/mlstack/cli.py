@@ -142,16 +142,21 @@ def bootstrap(
     database_only: Annotated[
         bool, typer.Option(help="Only the PostgreSQL steps (the compose stack's database-bootstrap service).")
     ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(help="Seconds to keep trying a service that does not answer yet (the compose one-shots).", min=0),
+    ] = 0.0,
 ) -> None:
     """Ordered, idempotent steps against the running stacks: MLflow's bucket, policy, server account,
     client settings and client account; ClearML's client credentials, clearml.conf and default queue."""
+    run = partial(run_steps, report=_report_step, wait=wait, waiting=console.print)
     if database_only:
-        run_steps(DATABASE_STEPS, _settings(), _report_step)
+        run(DATABASE_STEPS, _settings())
         return
     settings = _settings() if storage_only else _project_settings()
     steps = []
     if stack != "clearml":
-        require_mlflow_stack(settings, storage_only)
+        require_mlflow_stack(settings, storage_only, wait=wait, waiting=console.print)
         steps = list(MINIO_STEPS if storage_only else MLFLOW_STACK_STEPS)
     if stack != "mlflow" and not storage_only:
         if http_ok(f"{settings.clearml_api_url}/debug.ping"):
@@ -161,7 +166,7 @@ def bootstrap(
             if stack == "clearml":
                 raise MlstackError(f"{problem}: start it with `make up STACK=clearml` (docker runtime).")
             console.print(f"[yellow]skipping ClearML bootstrap:[/] {problem}")
-    results = run_steps(steps, settings, _report_step)
+    results = run(steps, settings)
     if all(r.outcome == Outcome.PRESENT for r in results):
         console.print("bootstrap: everything already present; nothing changed")
 

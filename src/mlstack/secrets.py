@@ -40,6 +40,8 @@ def weakness(value: str) -> str | None:
         return "a well-known default"
     if len(value) < MIN_SECRET_LENGTH:
         return f"shorter than {MIN_SECRET_LENGTH} characters"
+    if "$" in value:
+        return "written with '$', which docker compose's interpolation would change (use letters, digits and -_.)"
     return None
 
 

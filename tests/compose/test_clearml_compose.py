@@ -73,13 +73,14 @@ def test_databases_publish_no_port(compose):
 #: the apiserver connects to mongo, redis and elasticsearch at start (apiserver/server_init); the
 #: fileserver logs in to the apiserver at import (fileserver/auth.py: AuthHandler opens an apiserver
 #: session) and caches token checks in redis; async_delete deletes through the fileserver with the
-#: apiserver's data; the webserver proxies the API; the agent registers with the apiserver and uploads
-#: to the fileserver.
+#: apiserver's data; the webserver's nginx proxies the API and the fileserver and resolves both names
+#: when it starts (it exits on one it cannot resolve); the agent registers with the apiserver and
+#: uploads to the fileserver.
 NEEDS_AT_START = {
     "apiserver": {"mongo", "redis", "elasticsearch"},
     "fileserver": {"redis", "apiserver"},
     "async_delete": {"apiserver", "fileserver"},
-    "webserver": {"apiserver"},
+    "webserver": {"apiserver", "fileserver"},
     "agent-services": {"apiserver", "fileserver"},
 }
 
@@ -102,7 +103,7 @@ def test_start_order_has_no_cycle(compose):
         started.extend(ready)
         for name in ready:
             del graph[name]
-    assert started.index("apiserver") < started.index("fileserver")
+    assert started.index("apiserver") < started.index("fileserver") < started.index("webserver")
 
 
 def test_agent_runs_only_under_the_agent_profile(compose):

@@ -90,6 +90,22 @@ def test_compose_cli_refuses_a_missing_secret(compose_cli, generated_env):
     assert "POSTGRES_PASSWORD is not set" in result.stderr
 
 
+def test_a_secret_with_a_dollar_is_refused_since_compose_would_hand_the_services_another_value(
+    compose_cli, generated_env
+):
+    from tests.conftest import run_mlstack
+
+    value = "user-chosen-$HOME-password"
+    update_env(generated_env, {"POSTGRES_PASSWORD": value})
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] != value
+    refused = run_mlstack(generated_env.parent, "check-secrets", "--stack", "mlflow")
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "POSTGRES_PASSWORD is written with '$'" in output, output
+    assert value not in output
+
+
 def test_server_options_come_from_env_and_match_the_native_runtime(compose_cli, generated_env):
     update_env(generated_env, {"MLFLOW_WORKERS": "3", "MLFLOW_THREADS": "5", "MLFLOW_WORKER_TIMEOUT": "77"})
     result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")

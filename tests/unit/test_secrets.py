@@ -70,7 +70,13 @@ def test_init_keeps_a_weak_user_value_for_up_to_refuse(example, tmp_path):
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [("", "placeholder"), (PLACEHOLDER, "placeholder"), ("minioadmin", "well-known"), ("short", "shorter")],
+    [
+        ("", "placeholder"),
+        (PLACEHOLDER, "placeholder"),
+        ("minioadmin", "well-known"),
+        ("short", "shorter"),
+        ("long-enough-but-$HOME-inside", "'$'"),
+    ],
 )
 def test_weak_values_are_named_with_their_reason(value, reason):
     assert reason in weakness(value)

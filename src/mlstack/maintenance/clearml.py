@@ -2,8 +2,11 @@
 
 What a backup holds, each taken inside its own container (`compose exec`), no engine port published:
 - MongoDB (`mongodump --archive --gzip`): every task, project, model, queue, user and credential;
-- Elasticsearch (a snapshot of every index into the `path.repo` volume, then that folder): the
-  scalars, plots, debug-image and log events;
+- Elasticsearch (a snapshot of ClearML's own indices into the `path.repo` folder, then that folder):
+  the scalars, plots, debug-image and log events, queue metrics and worker statistics. Hidden
+  indices and data streams (Elasticsearch 8's deprecation logs) are not ClearML's and stay out;
+  the snapshot repository is registered afresh for each backup and restore and removed after it,
+  since Elasticsearch keeps a repository whose folder is gone and fails its next snapshot;
 - the fileserver's folder: artifacts, models and debug images.
 Redis is left out on purpose: it holds what the apiserver and agents rebuild within seconds (worker
 registrations and statistics, queue metrics, session caches); tasks and queues live in MongoDB.
@@ -39,6 +42,31 @@ COUNT_SCRIPT = (
     " models: b.model.countDocuments()}))"
 )
 ES = "http://localhost:9200"
+#: ClearML's indices (apiserver: events-<type>-<company>, queue_metrics_<company>_<month>,
+#: worker_stats_<company>_<month>); a wildcard matches no hidden index or data stream.
+CLEARML_INDICES = "events-*,queue_metrics_*,worker_stats_*"
+REPOSITORY = "mlstack"
+#: What Elasticsearch refuses in a snapshot name besides upper case (SnapshotsService.validate).
+_SNAPSHOT_NAME_FORBIDDEN = set('\\/*?"<>|,# ')
+
+
+def snapshot_name(moment: datetime) -> str:
+    """The backup's name, valid as an Elasticsearch snapshot name (lowercase, none of its forbidden
+    characters, not starting with '_'), so the archive and its snapshot share it."""
+    return f"mlstack-clearml-{moment.strftime('%Y%m%dt%H%M%S%fz')}"
+
+
+def snapshot_name_problem(name: str) -> str | None:
+    """Why Elasticsearch would refuse `name` as a snapshot name, or None."""
+    if not name:
+        return "cannot be empty"
+    if name != name.lower():
+        return "must be lowercase"
+    if name.startswith("_"):
+        return "must not start with '_'"
+    if forbidden := sorted(_SNAPSHOT_NAME_FORBIDDEN.intersection(name) | {c for c in name if c.isspace()}):
+        return f"must not contain {forbidden}"
+    return None
 
 
 def upgrade_path_problem(data_version: str, target_version: str) -> str | None:
@@ -74,8 +102,33 @@ def clearml_counts(runtime: DockerRuntime) -> dict[str, int]:
     counts = json.loads(
         _exec(runtime, "mongo", ["mongosh", "--quiet", "--eval", COUNT_SCRIPT]).strip().splitlines()[-1]
     )
-    counts["events"] = int(_es(runtime, "GET", "/_count?expand_wildcards=open")["count"])
+    counts["events"] = int(_es(runtime, "GET", "/events-*/_count?allow_no_indices=true")["count"])
     return counts
+
+
+#: A snapshot (and restore) of ClearML's indices alone: no cluster state, no feature states.
+SNAPSHOT_BODY = {
+    "indices": CLEARML_INDICES,
+    "expand_wildcards": "open,closed",
+    "include_global_state": False,
+    "feature_states": ["none"],
+}
+
+
+def _fresh_repository(runtime: DockerRuntime) -> None:
+    """Register the snapshot repository anew over SNAPSHOTS (removing any registration left behind)."""
+    _drop_repository(runtime)
+    _es(runtime, "PUT", f"/_snapshot/{REPOSITORY}", {"type": "fs", "settings": {"location": SNAPSHOTS}})
+
+
+def _drop_repository(runtime: DockerRuntime) -> None:
+    """Unregister the repository (its files stay for the caller to remove); nothing when none is registered."""
+    if REPOSITORY in _es(runtime, "GET", "/_snapshot"):
+        _es(runtime, "DELETE", f"/_snapshot/{REPOSITORY}")
+
+
+def _set_destructive_requires_name(runtime: DockerRuntime, value: bool | None) -> None:
+    _es(runtime, "PUT", "/_cluster/settings", {"persistent": {"action.destructive_requires_name": value}})
 
 
 def data_version(runtime: DockerRuntime) -> str:
@@ -102,19 +155,22 @@ def _versions(runtime: DockerRuntime) -> dict[str, str]:
 def backup_clearml(runtime: DockerRuntime, output: Path, console: Console) -> Backup:
     """One archive of the running ClearML stack in `output` (see the module docstring)."""
     output.mkdir(parents=True, exist_ok=True, mode=0o700)  # when made here: private, like the archives
-    name = f"mlstack-clearml-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
+    name = snapshot_name(datetime.now(UTC))
     with TemporaryDirectory(dir=output, prefix=".mlstack-backup-") as temporary:
         folder = Path(temporary)
         versions, counts = _versions(runtime), clearml_counts(runtime)
         with console.status("dumping MongoDB"), (folder / "mongo.archive.gz").open("wb") as dump:
             _exec(runtime, "mongo", ["mongodump", "--archive", "--gzip", "--quiet"], stdout=dump)
         with console.status("snapshotting Elasticsearch"):
-            _es(runtime, "PUT", "/_snapshot/mlstack", {"type": "fs", "settings": {"location": SNAPSHOTS}})
-            _es(runtime, "PUT", f"/_snapshot/mlstack/{name}?wait_for_completion=true", {"include_global_state": False})
-            with (folder / "elasticsearch.tar").open("wb") as snapshot:
-                _exec(runtime, "elasticsearch", ["tar", "-C", SNAPSHOTS, "-cf", "-", "."], stdout=snapshot)
-            _es(runtime, "DELETE", f"/_snapshot/mlstack/{name}")
             _exec(runtime, "elasticsearch", ["rm", "-rf", SNAPSHOTS])
+            _fresh_repository(runtime)
+            try:
+                _es(runtime, "PUT", f"/_snapshot/{REPOSITORY}/{name}?wait_for_completion=true", SNAPSHOT_BODY)
+                with (folder / "elasticsearch.tar").open("wb") as snapshot:
+                    _exec(runtime, "elasticsearch", ["tar", "-C", SNAPSHOTS, "-cf", "-", "."], stdout=snapshot)
+            finally:
+                _drop_repository(runtime)
+                _exec(runtime, "elasticsearch", ["rm", "-rf", SNAPSHOTS])
         with console.status("copying the fileserver's files"), (folder / "fileserver.tar").open("wb") as files:
             _exec(runtime, "fileserver", ["tar", "-C", FILESERVER, "-cf", "-", "."], stdout=files)
         manifest = Manifest("clearml", datetime.now(UTC).isoformat(), versions | {"snapshot": name}, counts)
@@ -142,23 +198,9 @@ def restore_clearml(runtime: DockerRuntime, archive: Path, console: Console, for
         runtime.compose("--profile", "*", "stop", *servers)
         with (folder / "mongo.archive.gz").open("rb") as dump:
             _exec(runtime, "mongo", ["mongorestore", "--archive", "--gzip", "--drop", "--quiet"], stdin=dump)
-        _exec(runtime, "elasticsearch", ["sh", "-c", f"rm -rf {SNAPSHOTS} && mkdir -p {SNAPSHOTS}"])
-        with (folder / "elasticsearch.tar").open("rb") as snapshot:
-            _exec(runtime, "elasticsearch", ["tar", "-C", SNAPSHOTS, "-xf", "-"], stdin=snapshot)
-        # the snapshot's indices replace the current ones; ES refuses wildcard deletes unless told
-        _es(runtime, "PUT", "/_cluster/settings", {"transient": {"action.destructive_requires_name": False}})
-        _es(runtime, "DELETE", "/*?expand_wildcards=open,closed")
-        _es(runtime, "PUT", "/_cluster/settings", {"transient": {"action.destructive_requires_name": None}})
-        _es(runtime, "PUT", "/_snapshot/mlstack", {"type": "fs", "settings": {"location": SNAPSHOTS}})
-        snapshot_name = manifest.versions["snapshot"]
-        _es(
-            runtime,
-            "POST",
-            f"/_snapshot/mlstack/{snapshot_name}/_restore?wait_for_completion=true",
-            {"include_global_state": False},
-        )
-        _es(runtime, "DELETE", f"/_snapshot/mlstack/{snapshot_name}")
-        runtime.compose("start", "fileserver")
+        _restore_snapshot(runtime, folder / "elasticsearch.tar", manifest.versions["snapshot"])
+        # the fileserver alone: `start` would bring the apiserver up before the files are back
+        runtime.compose("up", "--detach", "--no-deps", "fileserver")
         _exec(runtime, "fileserver", ["sh", "-c", f"rm -rf {FILESERVER}/* {FILESERVER}/.[!.]*"])
         with (folder / "fileserver.tar").open("rb") as files:
             _exec(runtime, "fileserver", ["tar", "-C", FILESERVER, "-xf", "-"], stdin=files)
@@ -170,6 +212,26 @@ def restore_clearml(runtime: DockerRuntime, archive: Path, console: Console, for
         listed = ", ".join(f"{key}: {got} instead of {expected}" for key, (expected, got) in differences.items())
         raise BackupError(f"restored from {archive}, but the counts differ from the archive's: {listed}")
     return restored
+
+
+def _restore_snapshot(runtime: DockerRuntime, snapshot: Path, name: str) -> None:
+    """ClearML's indices replaced by the archive's snapshot `name`; other indices are left alone."""
+    _exec(runtime, "elasticsearch", ["sh", "-c", f"rm -rf {SNAPSHOTS} && mkdir -p {SNAPSHOTS}"])
+    with snapshot.open("rb") as archive:
+        _exec(runtime, "elasticsearch", ["tar", "-C", SNAPSHOTS, "-xf", "-"], stdin=archive)
+    _fresh_repository(runtime)
+    try:
+        # Elasticsearch deletes by wildcard only when told to (persistent: a restart in between keeps it)
+        _set_destructive_requires_name(runtime, False)
+        try:
+            _es(runtime, "DELETE", f"/{CLEARML_INDICES}?expand_wildcards=open,closed&allow_no_indices=true")
+        finally:
+            _set_destructive_requires_name(runtime, None)
+        body = {key: value for key, value in SNAPSHOT_BODY.items() if key != "expand_wildcards"}
+        _es(runtime, "POST", f"/_snapshot/{REPOSITORY}/{name}/_restore?wait_for_completion=true", body)
+    finally:
+        _drop_repository(runtime)
+        _exec(runtime, "elasticsearch", ["rm", "-rf", SNAPSHOTS])
 
 
 def check_upgrade(runtime: DockerRuntime) -> str:
