@@ -54,3 +54,4 @@ test: install-tools
 lint: venv
 	$(BIN)/ruff check src tests benchmarks services
 	$(BIN)/ruff format --check src tests benchmarks services
+	$(BIN)/hadolint --config .hadolint.yaml services/*/Dockerfile infra/*/*/Dockerfile

@@ -261,8 +261,8 @@ def test_demo_records_a_dataset_version_a_task_and_the_champion_in_clearml(boots
 
 
 def test_backup_and_restore_bring_back_every_task_model_and_event(bootstrapped, checkout, tmp_path):
-    """`mlstack backup --stack clearml`, then `mlstack restore --force` onto the same stack: MongoDB,
-    Elasticsearch and the fileserver come back with the counts of the archive."""
+    """`mlstack backup --stack clearml` twice, then `mlstack restore --force` of the second onto the same
+    stack: MongoDB, Elasticsearch and the fileserver come back with the counts of the archive."""
     from rich.console import Console
 
     from mlstack.maintenance.clearml import clearml_counts, data_version
@@ -274,9 +274,11 @@ def test_backup_and_restore_bring_back_every_task_model_and_event(bootstrapped, 
     runtime = DockerRuntime(load(checkout), Console(stderr=True), "clearml")
     before = clearml_counts(runtime)
     assert before["tasks"] > 0, "the tests above made tasks"
-    backed_up = run_mlstack(checkout, "backup", "--stack", "clearml", "--output", str(tmp_path), "--runtime", "docker")
-    assert backed_up.returncode == 0, backed_up.stdout + backed_up.stderr
-    (archive,) = tmp_path.glob("mlstack-clearml-*.tar")
+    for attempt in ("first", "second"):  # a second backup must not trip over the first one's snapshot
+        output = str(tmp_path / attempt)
+        backed_up = run_mlstack(checkout, "backup", "--stack", "clearml", "--output", output, "--runtime", "docker")
+        assert backed_up.returncode == 0, backed_up.stdout + backed_up.stderr
+    (archive,) = (tmp_path / "second").glob("mlstack-clearml-*.tar")
     refused = run_mlstack(checkout, "restore", str(archive), "--runtime", "docker")
     assert refused.returncode != 0 and "is not empty" in refused.stdout + refused.stderr
     restored = run_mlstack(checkout, "restore", str(archive), "--force", "--runtime", "docker")
