@@ -76,9 +76,9 @@ def run_steps(
                     f"bootstrap step {step.name!r} failed: the service refused it ({error}). The stack's "
                     "credentials are in .env: are they the ones the running stack was started with?"
                 ) from error
-            within = f" within {wait:.0f} s" if wait else ""
+            what = f"did not answer within {wait:.0f} s" if wait else "stopped answering"
             raise StackNotReadyError(
-                f"bootstrap step {step.name!r} failed: a service did not answer{within} ({error}). "
+                f"bootstrap step {step.name!r} failed: a service {what} ({error}). "
                 "Check `mlstack status`, start what is down with `make up`, then run `mlstack bootstrap` again."
             ) from error
         report(result)
