@@ -24,7 +24,7 @@ if [ "${1:-}" = "mlflow" ] && [ "${2:-}" = "server" ]; then
         umask 077
         printf '[mlflow]\ndefault_permission = %s\ndatabase_uri = %s\nauthorization_function = %s\nauth_cache_ttl_seconds = %s\n' \
             "${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}" "$MLFLOW_AUTH_DATABASE_URI" \
-            "mlflow.server.auth:authenticate_request_basic_auth" "${MLFLOW_AUTH_CACHE_SECONDS:-30}" \
+            "mlstack_mlflow_store.auth:authenticate_request_basic_auth" "${MLFLOW_AUTH_CACHE_SECONDS:-30}" \
             > "$MLFLOW_AUTH_CONFIG_PATH"
         export MLFLOW_AUTH_CONFIG_PATH
         set -- "$@" --app-name basic-auth

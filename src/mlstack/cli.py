@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -336,6 +337,9 @@ def pipeline_schedule(
 
 #: Shortest password `mlstack user add` takes.
 MIN_PASSWORD_LENGTH = 12
+#: A person's login name: a letter or digit, then letters, digits and . _ @ - (64 at most); nothing a
+#: URL, a path or a shell would read as something else.
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 def _users() -> MlflowUsers:
@@ -356,6 +360,11 @@ def user_add(
 ) -> None:
     """Create an MLflow account: EDIT on every experiment and model (log, tag, register; not delete or
     share), or with --read-only what MLFLOW_AUTH_DEFAULT_PERMISSION gives."""
+    if not USERNAME.fullmatch(name):
+        raise MlstackError(
+            f"{name!r} is not a user name mlstack takes: a letter or digit, then letters, digits and . _ @ - "
+            "(64 characters at most)"
+        )
     users = _users()
     if users.exists(name):
         raise MlstackError(f"user {name!r} exists already: `mlstack user remove {name}` first to recreate it")

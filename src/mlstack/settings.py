@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     mlflow_worker_timeout: int = Field(default=900, ge=1)
     #: The server's PostgreSQL fast paths (services/mlflow-server/store); off: MLflow's own store and handlers.
     mlstack_fast_store: bool = True
+    #: The server's request guard (services/mlflow-server/store: sizes, ids, numbers) and its limits.
+    mlstack_request_guard: bool = True
+    mlstack_max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    mlstack_max_graphql_bytes: int = Field(default=1024 * 1024, ge=1024)
+    mlstack_max_artifact_bytes: int = Field(default=10 * 1024**3, ge=1024)
+    mlstack_max_filter_length: int = Field(default=65536, ge=256)
+    mlstack_max_page_size: int = Field(default=50000, ge=1)
     mlflow_allowed_hosts: str = "localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow,mlflow:*"
     #: Names (or IPs) other machines reach the server by, comma-separated; added to the allowed hosts.
     mlflow_public_hosts: str = ""
@@ -122,8 +129,8 @@ class Settings(BaseSettings):
     mlflow_auth_admin_username: str = Field(default="mlstack-admin", min_length=1)
     mlflow_auth_admin_password: SecretStr = SecretStr("")
     mlflow_flask_server_secret_key: SecretStr = SecretStr("")
-    #: Seconds a worker trusts a login it checked (the password hash costs ~0.4 s of CPU a check); a
-    #: removed user or changed password can still work on another worker for that long. 0: check every request.
+    #: Seconds the server spares the password hash's cost (~0.4 s of CPU) for a login it checked; every
+    #: request still reads the person's row, so a change counts from the next request. 0: hash every time.
     mlflow_auth_cache_seconds: int = Field(default=30, ge=0)
     #: What a signed-in user may do with an experiment or model nobody granted them anything on.
     mlflow_auth_default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = "READ"

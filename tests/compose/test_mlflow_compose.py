@@ -118,6 +118,18 @@ def test_server_options_come_from_env_and_match_the_native_runtime(compose_cli, 
     assert "--threads 5" in gunicorn_options(settings) and "--timeout 77" in gunicorn_options(settings)
 
 
+def test_request_guard_limits_come_from_env_and_match_the_native_runtime(compose_cli, generated_env):
+    from mlstack.runtime.native.runtime import GUARD_VARIABLES
+
+    update_env(generated_env, {"MLSTACK_MAX_REQUEST_BYTES": "2048", "MLSTACK_MAX_PAGE_SIZE": "77"})
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    environment = json.loads(result.stdout)["services"]["mlflow"]["environment"]
+    native = mlflow_server_env(Settings.load(generated_env.parent))
+    assert {name: environment[name] for name in GUARD_VARIABLES} == {name: native[name] for name in GUARD_VARIABLES}
+    assert native["MLSTACK_MAX_REQUEST_BYTES"] == "2048" and native["MLSTACK_MAX_PAGE_SIZE"] == "77"
+
+
 @pytest.mark.parametrize("value", ["true", "false"])
 def test_fast_store_switch_comes_from_env_and_matches_the_native_runtime(compose_cli, generated_env, value):
     update_env(generated_env, {"MLSTACK_FAST_STORE": value})

@@ -190,3 +190,9 @@ def test_restore_of_something_that_is_not_an_archive_is_one_clear_line(project, 
     (tmp_path / "notes.tar").write_text("not an archive")
     refused = assert_one_clear_line(mlstack(project.project_dir, "restore", str(tmp_path / "notes.tar")))
     assert "is not a readable backup archive" in refused and "nothing was changed" in refused
+
+
+def test_user_add_refuses_a_name_that_is_not_a_plain_login_before_reaching_the_server(project):
+    for name in ("../admin", "a b", "bob/../admin", ".hidden", "x" * 65, "ali$ce", "é"):
+        refused = assert_one_clear_line(mlstack(project.project_dir, "user", "add", name, "--password-stdin"))
+        assert "is not a user name mlstack takes" in refused and "does not answer" not in refused, refused

@@ -38,12 +38,12 @@ def test_fast_store_is_on_by_default_and_off_when_env_says_so(project):
     assert mlflow_server_env(Settings.load(project.project_dir))["MLSTACK_FAST_STORE"] == "false"
 
 
-def test_server_start_is_refused_when_the_fast_store_is_on_but_its_plugin_is_missing(project, monkeypatch):
+def test_server_start_is_refused_without_its_plugin_whatever_the_fast_store_switch(project, monkeypatch):
+    """The plugin brings the request guard and the login check, which run with the fast store off too."""
     require_store_plugin(project)  # installed alongside mlstack (make venv)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError) as raised:
-        require_store_plugin(project)
-    assert "MLSTACK_FAST_STORE=true" in str(raised.value) and "make venv" in str(raised.value)
-
-    update_env(project.env_file, {"MLSTACK_FAST_STORE": "false"})
-    require_store_plugin(Settings.load(project.project_dir))
+    for fast_store in ("true", "false"):
+        update_env(project.env_file, {"MLSTACK_FAST_STORE": fast_store})
+        with pytest.raises(ConfigError) as raised:
+            require_store_plugin(Settings.load(project.project_dir))
+        assert "mlstack-mlflow-store plugin is not installed" in str(raised.value) and "make venv" in str(raised.value)

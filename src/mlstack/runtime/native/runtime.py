@@ -380,24 +380,26 @@ GUNICORN_HOOKS = "python:mlstack_mlflow_store.gunicorn_hooks"
 
 def gunicorn_options(settings: Settings) -> str:
     """Threaded workers with HTTP keep-alive: a long upload holds one thread, never a whole worker.
-    With the store plugin on, its gunicorn hooks install the request-level fast paths in each worker.
+    The store plugin's gunicorn hooks install its request guard in each worker, and its fast paths
+    with MLSTACK_FAST_STORE on. No control socket: gunicorn's default is one path per user, which
+    every stack on a machine would share.
 
-    infra/mlflow/compose.yaml passes the same options (a compose test keeps the two equal; the image
-    always has the plugin, whose hooks leave the app alone when MLSTACK_FAST_STORE is off).
+    infra/mlflow/compose.yaml passes the same options (a compose test keeps the two equal).
     """
-    options = (
+    return (
         f"--worker-class gthread --threads {settings.mlflow_threads} --keep-alive 5"
-        f" --timeout {settings.mlflow_worker_timeout} --graceful-timeout 30"
+        f" --timeout {settings.mlflow_worker_timeout} --graceful-timeout 30 --no-control-socket"
+        f" --config {GUNICORN_HOOKS}"
     )
-    return f"{options} --config {GUNICORN_HOOKS}" if settings.mlstack_fast_store else options
 
 
 def require_store_plugin(settings: Settings) -> None:
-    """With MLSTACK_FAST_STORE on, the server's Python must have the store plugin, or MLflow's own store runs."""
-    if settings.mlstack_fast_store and importlib.util.find_spec("mlstack_mlflow_store") is None:
+    """The server's Python must have the store plugin: its request guard and login check run in every
+    server (its fast paths only with MLSTACK_FAST_STORE on)."""
+    if importlib.util.find_spec("mlstack_mlflow_store") is None:
         raise ConfigError(
-            f"MLSTACK_FAST_STORE=true but the mlstack-mlflow-store plugin is not installed for {sys.executable}: "
-            "run `make venv` (it installs services/mlflow-server/store), or set MLSTACK_FAST_STORE=false in .env."
+            f"the mlstack-mlflow-store plugin is not installed for {sys.executable}: run `make venv` "
+            "(it installs services/mlflow-server/store)"
         )
 
 
@@ -413,8 +415,29 @@ def mlflow_server_env(settings: Settings) -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_SERVER_ALLOWED_HOSTS": settings.mlflow_server_allowed_hosts,
         "MLSTACK_FAST_STORE": str(settings.mlstack_fast_store).lower(),
+        **guard_env(settings),
         **(auth_env(settings) if settings.mlflow_auth else {}),
     }
+
+
+#: The request guard's switch and limits, as the server reads them (mlstack_mlflow_store.guard).
+GUARD_VARIABLES = (
+    "MLSTACK_REQUEST_GUARD",
+    "MLSTACK_MAX_REQUEST_BYTES",
+    "MLSTACK_MAX_GRAPHQL_BYTES",
+    "MLSTACK_MAX_ARTIFACT_BYTES",
+    "MLSTACK_MAX_FILTER_LENGTH",
+    "MLSTACK_MAX_PAGE_SIZE",
+)
+
+
+def guard_env(settings: Settings) -> dict[str, str]:
+    values = {name: getattr(settings, name.lower()) for name in GUARD_VARIABLES}
+    return {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in values.items()}
+
+
+#: The login check (services/mlflow-server/store: every worker sees a change at once).
+AUTHORIZATION_FUNCTION = "mlstack_mlflow_store.auth:authenticate_request_basic_auth"
 
 
 def auth_config(database_uri: str, default_permission: str, cache_seconds: int) -> str:
@@ -425,7 +448,7 @@ def auth_config(database_uri: str, default_permission: str, cache_seconds: int) 
         "[mlflow]\n"
         f"default_permission = {default_permission}\n"
         f"database_uri = {database_uri}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"authorization_function = {AUTHORIZATION_FUNCTION}\n"
         f"auth_cache_ttl_seconds = {cache_seconds}\n"
     )
 

@@ -1,0 +1,73 @@
+"""The login check of MLflow's basic-auth app (its `authorization_function`), the same in every
+worker at every moment.
+
+MLflow's own check caches a verified login per worker for `auth_cache_ttl_seconds`: after a password
+change or a removal, the workers that did not serve it kept accepting the old login (and a removed
+person got 404 instead of 401), and a request straddling the cache's expiry could fail half-way
+(500). Here every request reads the person's row (one indexed query) and the cache only spares the
+password hash's cost: its key holds the stored hash, so a changed password, a removed person or a
+changed admin flag counts from the next request in every worker. The answer is kept for the rest of
+the request, so the auth app's later checks of the same request see the same login.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sys
+import threading
+
+from cachetools import TTLCache
+from flask import g, request
+from mlflow.exceptions import MlflowException
+from werkzeug.security import check_password_hash
+
+_VERIFIED: TTLCache | None = None
+_LOCK = threading.Lock()
+_KEY = secrets.token_bytes(32)
+
+
+def auth_on() -> bool:
+    """Whether the server runs MLflow's basic-auth app."""
+    return "mlflow.server.auth" in sys.modules
+
+
+def authenticate_request_basic_auth():
+    """The request's `Authorization` when its basic-auth login is valid now, else a 401 answer."""
+    if "mlstack_login" not in g:
+        g.mlstack_login = _check()
+    return g.mlstack_login
+
+
+def _check():
+    from mlflow.server import auth
+
+    authorization = request.authorization
+    if authorization is None or not authorization.username or authorization.password is None:
+        return auth.make_basic_auth_response()
+    username, password = authorization.username, authorization.password
+    try:
+        user = auth.store.get_user(username)
+    except MlflowException:
+        return auth.make_basic_auth_response()
+    key = (username, hmac.new(_KEY, password.encode(), hashlib.sha256).digest(), user.password_hash)
+    cache = _cache(auth.auth_config.auth_cache_ttl_seconds)
+    with _LOCK:
+        known = cache is not None and key in cache
+    if not known:
+        if not check_password_hash(user.password_hash, password):
+            return auth.make_basic_auth_response()
+        if auth._is_disabled_legacy_admin_login(username, password, user):
+            return auth.make_basic_auth_response()
+        if cache is not None:
+            with _LOCK:
+                cache[key] = True
+    return authorization
+
+
+def _cache(ttl: int) -> TTLCache | None:
+    global _VERIFIED
+    if _VERIFIED is None and ttl > 0:
+        _VERIFIED = TTLCache(maxsize=4096, ttl=ttl)
+    return _VERIFIED
