@@ -99,3 +99,18 @@ def test_an_exception_marks_the_run_failed_on_the_server_and_keeps_its_metrics(m
             (tracker.run_id,),
         ).fetchone()
     assert (status, points) == ("FAILED", 1200)
+
+
+def test_a_run_deleted_mid_run_ends_with_the_trackers_own_error(mlflow_stack, experiment):
+    from mlflow import MlflowClient
+
+    from mlstack.tracking.mlflow.errors import TrackingError
+
+    tracker = ExperimentTracker(experiment, run_name="deleted-meanwhile")
+    tracker.__enter__()
+    tracker.log_metrics({"loss": 0.5}, step=0)
+    tracker.flush()
+    MlflowClient(mlflow_stack.tracking_uri).delete_run(tracker.run_id)
+    with pytest.raises(TrackingError, match="could not be ended FINISHED") as raised:
+        tracker.end_run()
+    assert type(raised.value) is TrackingError and tracker.run_id in str(raised.value)

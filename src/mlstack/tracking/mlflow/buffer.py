@@ -7,6 +7,11 @@ points go to the local spool and the next call from the user raises MetricsSpool
 how many points are kept where: nothing is dropped silently. After that report the pipeline sends
 to the server again (a still-failing server starts a new budget).
 
+A point leaves memory only once it is on the server or on disk: when the spool cannot be written
+(a full disk), the flusher keeps its batch and tries the server and the spool again in turn, and
+the caller's next call (and `flush`, which never waits on a flusher that cannot finish) raises
+SpoolWriteError naming how many points are held in memory and how many are on disk.
+
 Order: each point carries the timestamp and step of its log call, and each flusher sends its
 batches in order, so the server's history (ordered by step, then timestamp) is the logged order.
 Memory: at most `capacity` points wait; a caller that outruns the server blocks (backpressure).
@@ -22,11 +27,13 @@ from itertools import groupby
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from mlstack.tracking.mlflow.errors import MetricsSpooledError
+from mlstack.tracking.mlflow.errors import MetricsSpooledError, SpoolWriteError
 from mlstack.tracking.mlflow.spool import MetricSpool, Point
 from mlstack.tracking.mlflow.transport import MetricSender, RejectedBatchError, TransientSendError
 
 logger = logging.getLogger(__name__)
+#: Points written to the spool at a time: on a full disk, what fits is kept there.
+SPOOL_CHUNK = 1000
 
 
 class MetricPipeline:
@@ -58,6 +65,7 @@ class MetricPipeline:
         self._in_flight: dict[int, int] = {}  # first sequence number -> size of batches being sent
         self._failure: MetricsSpooledError | None = None  # spooled points the caller has not heard of yet
         self._abandon = threading.Event()
+        self._stop = threading.Event()  # set by close: a flusher holding an undeliverable batch gives up
         self._closed = False
         self._threads = []
         for index in range(flushers):
@@ -95,7 +103,9 @@ class MetricPipeline:
         with self._lock:
             target = self._enqueued
             self._work.notify_all()
-            done = self._progress.wait_for(lambda: self._low_watermark() >= target, timeout)
+            done = self._progress.wait_for(
+                lambda: self._low_watermark() >= target or self._failure is not None, timeout
+            )
             if self._failure is not None:
                 raise self._report_failure()
             if not done:
@@ -104,13 +114,20 @@ class MetricPipeline:
                 )
 
     def close(self) -> None:
-        """Flush (as long as the outage budget allows), then stop the flusher threads."""
+        """Flush (as long as the outage budget allows), then stop the flusher threads (a batch that
+        could go neither to the server nor to disk is given up: the error raised named it)."""
         try:
-            self.flush()
+            try:
+                self.flush()
+            except SpoolWriteError:
+                self.flush()  # that report may predate the server's return: one more round (one budget)
         finally:
             with self._lock:
                 self._closed = True
+                self._abandon.set()
+                self._stop.set()
                 self._work.notify_all()
+                self._progress.notify_all()
             for thread in self._threads:
                 thread.join()
 
@@ -140,16 +157,27 @@ class MetricPipeline:
     def _flush_loop(self, sender: MetricSender) -> None:
         while (taken := self._take_batch(sender.max_points)) is not None:
             first, batch = taken
-            try:
-                self._send_with_retry(sender, batch)
-            except (TransientSendError, RejectedBatchError) as error:
-                self._spool_after_failure(batch, error)
-            except Exception as error:  # noqa: BLE001 - a flusher must never die with points in hand
-                logger.exception("metric flusher failed unexpectedly")
-                self._spool_after_failure(batch, error)
+            self._deliver(sender, batch)
             with self._lock:
                 del self._in_flight[first]
                 self._progress.notify_all()
+
+    def _deliver(self, sender: MetricSender, batch: list[Point]) -> None:
+        """Send `batch`, or spool it; while neither works, keep it and try both again (until closed)."""
+        pause = 0.2
+        while True:
+            try:
+                self._send_with_retry(sender, batch)
+                return
+            except (TransientSendError, RejectedBatchError) as error:
+                failure: BaseException = error
+            except Exception as error:  # noqa: BLE001 - a flusher must never die with points in hand
+                logger.exception("metric flusher failed unexpectedly")
+                failure = error
+            if self._spool_after_failure(batch, failure) or self._closed:
+                return
+            self._stop.wait(pause)
+            pause = min(pause * 2, self._max_backoff)
 
     def _send_with_retry(self, sender: MetricSender, batch: list[Point]) -> None:
         retrying = Retrying(
@@ -165,18 +193,35 @@ class MetricPipeline:
                 for run_id, run_points in groupby(batch, key=lambda point: point[0]):
                     sender.send(run_id, list(run_points))
 
-    def _spool_after_failure(self, batch: list[Point], error: BaseException) -> None:
-        """Keep `batch` and everything still buffered in the spool, and switch to spooling mode."""
+    def _spool_after_failure(self, batch: list[Point], error: BaseException) -> bool:
+        """Keep `batch` and everything still buffered in the spool, and switch to spooling mode. The
+        spool is written a chunk at a time; what a full disk leaves out stays in memory (the batch
+        with its flusher, the rest in the buffer). Returns whether the batch is on disk."""
         with self._lock:
             self._abandon.set()
             remaining = list(self._points)
-            self._points.clear()
-            self._taken += len(remaining)
-            self._spool.append([*batch, *remaining])
-            failure = self._failure = MetricsSpooledError(self._spool.points, self._spool.path, error)
+            pending = [*batch, *remaining]
+            written, disk = 0, None
+            try:
+                for start in range(0, len(pending), SPOOL_CHUNK):
+                    written += self._spool.append(pending[start : start + SPOOL_CHUNK])
+            except OSError as full:
+                disk = full
+            from_buffer = max(0, written - len(batch))
+            for _ in range(from_buffer):
+                self._points.popleft()
+            self._taken += from_buffer
+            if disk is None:
+                failure = MetricsSpooledError(self._spool.points, self._spool.path, error)
+            else:
+                held = self._enqueued - self._taken + sum(self._in_flight.values())
+                held -= min(written, len(batch))  # the part of this batch that did reach the disk
+                failure = SpoolWriteError(held, self._spool.points, self._spool.path, error, disk)
+            self._failure = failure
             self._not_full.notify_all()
             self._progress.notify_all()
         logger.error("%s", failure)
+        return written >= len(batch)
 
 
 def _warn_retry(state) -> None:

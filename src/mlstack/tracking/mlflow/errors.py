@@ -43,3 +43,20 @@ class MetricsSpooledError(TrackingError):
             f"{spool_path}. Nothing was dropped; when the server is reachable run `mlstack sync` "
             "(mlstack.tracking.replay_spool) to send them."
         )
+
+
+class SpoolWriteError(MetricsSpooledError):
+    """Metric points reached neither the server nor the spool (the disk is full or read-only): they
+    are held in this process's memory and sent as soon as the server answers."""
+
+    def __init__(self, held: int, spooled: int, spool_path: Path, cause: BaseException | None, disk: OSError):
+        self.held = held
+        TrackingError.__init__(
+            self,
+            f"The MLflow server did not accept metric points ({type(cause).__name__}: {cause}) and the spool "
+            f"{spool_path} could not be written ({disk.strerror or disk}): {held} points are held in this "
+            f"process's memory and go to the server as soon as it answers; {spooled} points are kept in "
+            f"{spool_path}. Free space in {spool_path.parent}: if this process ends first, the {held} points "
+            "held in memory are lost.",
+        )
+        self.points, self.spool_path = spooled, spool_path

@@ -10,6 +10,7 @@ aside in `rejected/` in the same format, with a "reason" field holding the serve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -89,29 +90,51 @@ class MetricSpool:
         if not lines:
             return 0
         with self._lock:
-            new_file = not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                if new_file:
-                    handle.write(json.dumps({"tracking_uri": self._tracking_uri}) + "\n")
-                handle.write("\n".join(lines) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                size = os.fstat(descriptor).st_size
+                header = [json.dumps({"tracking_uri": self._tracking_uri})] if size == 0 else []
+                _write_all(descriptor, ("\n".join([*header, *lines]) + "\n").encode(), size)
+            finally:
+                os.close(descriptor)
             self.points += len(lines)
         return len(lines)
 
 
-def read_spool(path: Path) -> tuple[str, Iterator[Point]]:
-    """The tracking URI a spool file was meant for, and its points in logged order."""
-    handle = path.open(encoding="utf-8")
+def _write_all(descriptor: int, data: bytes, size: int) -> None:
+    """Append `data` and fsync, all or nothing: on a failure (a full disk) the file is cut back to
+    `size` bytes, so it never ends in a torn line, and the error is raised."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+    except OSError:
+        with contextlib.suppress(OSError):  # replay reads past a torn tail and sets it aside
+            os.ftruncate(descriptor, size)
+        raise
+
+
+def read_spool(path: Path, unreadable: list[str] | None = None) -> tuple[str, Iterator[Point]]:
+    """The tracking URI a spool file was meant for, and its points in logged order. A line that is
+    not a whole point (a torn tail after a crash or a full disk) is skipped and added to `unreadable`."""
+    handle = path.open(encoding="utf-8", errors="replace")
     tracking_uri = json.loads(handle.readline())["tracking_uri"]
 
     def points() -> Iterator[Point]:
         with handle:
             for line in handle:
-                if line.strip():
+                if not line.strip():
+                    continue
+                try:
                     item = json.loads(line)
-                    yield item["run_id"], item["key"], item["value"], item["timestamp"], item["step"]
+                    point = item["run_id"], item["key"], item["value"], item["timestamp"], item["step"]
+                except (ValueError, KeyError, TypeError):
+                    if unreadable is not None:
+                        unreadable.append(line.rstrip("\n"))
+                    continue
+                yield point
 
     return tracking_uri, points()
 
@@ -149,7 +172,8 @@ def replay_spool(settings_or_path: Settings | Path | str, tracking_uri: str | No
     report = ReplayReport()
     files = [path for path in _spool_files(settings_or_path, "metrics-*.jsonl") if not _is_run_end(path)]
     for path in files:
-        recorded_uri, points = read_spool(path)
+        unreadable: list[str] = []
+        recorded_uri, points = read_spool(path, unreadable)
         target_uri = tracking_uri or recorded_uri
         sender = sender_for(target_uri)
         refused: dict[str, list[Point]] = {}
@@ -168,8 +192,18 @@ def replay_spool(settings_or_path: Settings | Path | str, tracking_uri: str | No
                     report.sent_points += len(batch)
         for run_id, run_points in refused.items():
             report.rejected.append(_set_aside_points(path, target_uri, run_id, run_points, "; ".join(reasons[run_id])))
+        if unreadable:
+            report.rejected.append(_set_aside_lines(path, unreadable))
         path.unlink()
     return report
+
+
+def _set_aside_lines(source: Path, lines: list[str]) -> RejectedItem:
+    """Keep the lines of `source` that are not whole points (a torn tail) in `rejected/`, as they were."""
+    path = source.parent / REJECTED_FOLDER / f"{source.stem}-unreadable.txt"
+    reason = f"{len(lines)} line(s) of {source.name} are not whole points (cut by a crash or a full disk)"
+    _write_durably(path, "\n".join(lines) + "\n")
+    return RejectedItem(path, reason)
 
 
 def _set_aside_points(source: Path, tracking_uri: str, run_id: str, points: list[Point], reason: str) -> RejectedItem:

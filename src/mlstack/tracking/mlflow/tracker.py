@@ -19,6 +19,7 @@ from typing import Any, Self
 import mlflow
 import requests
 from mlflow.entities import Param, RunTag
+from mlflow.exceptions import MlflowException
 from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
 from mlstack.tracking.mlflow import validation
@@ -137,16 +138,41 @@ class ExperimentTracker:
             _open_trackers.set(tuple(t for t in _open_trackers.get() if t is not self))
             if not server_answers(self._tracking_uri):
                 self._spool_end(status, spooled)
-            elif (active := mlflow.active_run()) is not None and active.info.run_id == self._run_id:
-                mlflow.end_run(status)
             else:
-                self._client.set_terminated(self._run_id, status)
+                self._end_on_server(status, spooled)
         if spooled is not None:
             raise spooled
 
+    def _end_on_server(self, status: str, spooled: MetricsSpooledError | None) -> None:
+        try:
+            if (active := mlflow.active_run()) is not None and active.info.run_id == self._run_id:
+                mlflow.end_run(status)
+            else:
+                self._client.set_terminated(self._run_id, status)
+        except MlflowException as error:
+            _leave_fluent_run(self._run_id)
+            ended = TrackingError(
+                f"run {self._run_id} could not be ended {status} on {self._tracking_uri}: the server answered "
+                f"{error.error_code}: {error.message} (deleted meanwhile?)"
+            )
+            if spooled is None:
+                raise ended from error
+            spooled.add_note(str(ended))
+
     def _spool_end(self, status: str, spooled: MetricsSpooledError | None) -> None:
-        path = spool_run_end(self._spool_folder, self._tracking_uri, self._run_id, status, int(time.time() * 1000))
         _leave_fluent_run(self._run_id)
+        try:
+            path = spool_run_end(self._spool_folder, self._tracking_uri, self._run_id, status, int(time.time() * 1000))
+        except OSError as disk:
+            lost = TrackingError(
+                f"The MLflow server at {self._tracking_uri} does not answer and the end of run {self._run_id} "
+                f"({status}) could not be written to {self._spool_folder} ({disk.strerror or disk}): the run stays "
+                "RUNNING on the server; end it there (or with MlflowClient.set_terminated) once it answers."
+            )
+            if spooled is None:
+                raise lost from disk
+            spooled.add_note(str(lost))
+            return
         message = (
             f"The MLflow server at {self._tracking_uri} does not answer: run {self._run_id} ended {status} "
             f"locally and its end is kept in {path}; run `mlstack sync` when the server is back."
