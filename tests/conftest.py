@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def scratch_stack_env() -> dict[str, str]:
         "MINIO_API_PORT": str(free_port()),
         "MINIO_CONSOLE_PORT": str(free_port()),
         "MLFLOW_PORT": str(free_port()),
+        # ClearML's too: no scratch project may reach a ClearML server the user runs on the defaults
+        "CLEARML_API_PORT": str(free_port()),
+        "CLEARML_WEB_PORT": str(free_port()),
+        "CLEARML_FILES_PORT": str(free_port()),
         "MLSTACK_TOOLS_DIR": str(Settings.load(REPO).tools_path),
     }
 
@@ -98,6 +103,46 @@ def make_project(root: Path) -> Settings:
 def project(tmp_path: Path) -> Settings:
     """Settings of a fresh scratch project (no services running)."""
     return make_project(tmp_path / "project")
+
+
+#: The ports a user's own stacks listen on by default (.env.example); no test may connect to them.
+DEFAULT_PORTS = {"ClearML API": 8008, "ClearML web": 8080, "ClearML files": 8081, "MLflow": 5000, "MinIO": 9000}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_reaches_the_default_ports():
+    """A listener on each free default port records every connection; the session fails at its end if
+    any test connected (where a port is taken, a user's stack runs there: it cannot be watched).
+    Under the docker tier the ClearML stack's own tests use the defaults, so only native runs watch."""
+    if REQUIRED_RUNTIME != "native" and engine_answers():
+        yield
+        return
+    seen: list[str] = []
+    listeners = []
+    for name, port in DEFAULT_PORTS.items():
+        listener = socket.socket()
+        try:
+            listener.bind(("127.0.0.1", port))
+        except OSError:
+            listener.close()
+            continue
+        listener.listen(16)
+        listeners.append(listener)
+        threading.Thread(target=_record, args=(listener, f"{name} (127.0.0.1:{port})", seen), daemon=True).start()
+    yield
+    for listener in listeners:
+        listener.close()
+    assert not seen, f"tests connected to default ports of a user's stack: {sorted(set(seen))}"
+
+
+def _record(listener: socket.socket, name: str, seen: list[str]) -> None:
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            return
+        seen.append(name)
+        connection.close()
 
 
 #: A user-chosen database password with every character that needs quoting in a URI.

@@ -15,8 +15,38 @@ log = logging.getLogger(__name__)
 _announced_offline = False
 
 
+#: The SDK's switch for offline mode, and the values it takes as on.
+OFFLINE_MODE = "CLEARML_OFFLINE_MODE"
+_ON = {"1", "true", "yes", "y", "on"}
+#: Set by the SDK in a process that ran a task ("<pid>:<task id>"); Task.init in a process that
+#: inherited it from another hands out a stand-in that records nothing.
+_MASTER_IDS = ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID")
+
+
+def offline_requested() -> bool:
+    return os.environ.get(OFFLINE_MODE, "").strip().lower() in _ON
+
+
+def forget_inherited_master() -> None:
+    """Task.init in this process makes a task of its own: drop a master id another process left here
+    (the SDK keeps it in os.environ after a task closes, and every child inherits it)."""
+    for name in _MASTER_IDS:
+        owner = os.environ.get(name, "").partition(":")[0]
+        if owner and owner != str(os.getpid()):
+            del os.environ[name]
+
+
+def forget_closed_master() -> None:
+    """After this process's task closed, leave no master id for its children to inherit."""
+    for name in _MASTER_IDS:
+        if os.environ.get(name, "").partition(":")[0] == str(os.getpid()):
+            del os.environ[name]
+
+
 def server_problem(settings: Settings, timeout: float = 3.0) -> str | None:
     """Why the configured ClearML server cannot be used, or None when it answers."""
+    if offline_requested():
+        return f"{OFFLINE_MODE} is set (the ClearML SDK's switch for offline mode)"
     if not (settings.clearml_api_access_key and settings.clearml_api_secret_key):
         return (
             "no ClearML credentials are configured (CLEARML_API_ACCESS_KEY / CLEARML_API_SECRET_KEY, "

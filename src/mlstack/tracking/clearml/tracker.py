@@ -16,8 +16,14 @@ from typing import Any
 from clearml import OutputModel, Task
 
 from mlstack.settings import Settings
-from mlstack.tracking.clearml.connection import server_problem, use_offline, use_server
-from mlstack.tracking.clearml.errors import ClearMLConfigError
+from mlstack.tracking.clearml.connection import (
+    forget_closed_master,
+    forget_inherited_master,
+    server_problem,
+    use_offline,
+    use_server,
+)
+from mlstack.tracking.clearml.errors import ClearMLConfigError, ClearMLUnavailableError
 from mlstack.tracking.clearml.offline import FAILED_TAG, SessionLock, sessions_dir
 from mlstack.tracking.clearml.registry import set_typed_metadata, upload_weights
 
@@ -109,6 +115,7 @@ class ClearMLTracker:
             self._session_lock = SessionLock(sessions_dir(self.settings))
         else:
             use_server(self.settings)
+        forget_inherited_master()
         try:
             self.task = Task.init(
                 project_name=self.project_name,
@@ -121,6 +128,11 @@ class ClearMLTracker:
                 auto_connect_arg_parser=False,
                 auto_connect_frameworks={"detect_repository": self.detect_repository},
             )
+            if not isinstance(self.task, Task):
+                raise ClearMLUnavailableError(
+                    f"Task.init returned {type(self.task).__name__}, not a task: this process looks like a "
+                    "ClearML worker of another task (CLEARML_PROC_MASTER_ID); nothing would be recorded"
+                )
             if self._session_lock:
                 self._session_lock.name_session(self.task.id)
             self.task.connect_configuration(self.config, name="config")
@@ -141,6 +153,7 @@ class ClearMLTracker:
             # sys.exit(1) the process caught earlier counts: flush first, so every point is written.
             task.flush(wait_for_uploads=True)
             task.close()
+            forget_closed_master()
             if exc is not None and not self.offline:
                 reason = f"{exc_type.__name__}: {exc}"
                 task.mark_failed(status_reason=reason, status_message=reason, force=True)
