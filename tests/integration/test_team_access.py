@@ -29,6 +29,8 @@ from tests.conftest import REQUIRED_RUNTIME, free_port, make_project, run_mlstac
 pytestmark = pytest.mark.integration
 
 ALICE_PASSWORD = "alice-password-0123456789"
+#: A small request limit, so a body past it is cheap to send.
+BODY_LIMIT = 64 * 1024
 
 
 def machine_address() -> str:
@@ -53,6 +55,7 @@ def team_stack():
             "MLFLOW_TLS": "true",
             "MLFLOW_TLS_BIND_ADDRESS": "0.0.0.0",
             "MLFLOW_TLS_PORT": str(free_port()),
+            "MLSTACK_MAX_REQUEST_BYTES": str(BODY_LIMIT),
         },
     )
     settings = Settings.load(settings.project_dir)
@@ -146,3 +149,20 @@ def test_status_shows_the_tls_front_and_the_ca_to_hand_out(team_stack):
     assert status.returncode == 0, status.stdout
     flat = status.stdout.replace("\n", "")
     assert "tls-proxy" in status.stdout and "ca.pem" in flat
+
+
+def test_a_body_past_the_request_limit_is_refused_through_the_front_whole_or_chunked(team_stack):
+    """The server refuses a declared length past the limit before reading a byte; a chunked body is
+    cut by the front (Caddy's request_body limit) as well as by the server."""
+    settings, address, ca = team_stack
+    url = f"https://{address}:{settings.mlflow_tls_port}/api/2.0/mlflow/runs/search"
+    login, headers = ("alice", ALICE_PASSWORD), {"Content-Type": "application/json"}
+    body = b'{"experiment_ids": ["0"], "filter": "' + b"a" * BODY_LIMIT + b'"}'
+    whole = requests.post(url, data=body, auth=login, verify=ca, headers=headers, timeout=30)
+    assert whole.status_code == 413 and "MLSTACK_MAX_REQUEST_BYTES" in whole.text
+    chunked = requests.post(
+        url, data=iter([body[:1000], body[1000:]]), auth=login, verify=ca, headers=headers, timeout=30
+    )
+    assert chunked.status_code == 413, (chunked.status_code, chunked.text[:200])
+    fits = requests.post(url, json={"experiment_ids": ["0"]}, auth=login, verify=ca, timeout=30)
+    assert fits.status_code == 200
