@@ -31,7 +31,8 @@ class Candidate:
     #: nginx in front of this candidate's server; upstream keep-alive on or off.
     proxy_keepalive: bool | None = None
     #: "default": MLflow's basic-auth app as upstream configures it (no login cache); "shipped": with the
-    #: stack's auth configuration; "off": no authentication. Only with MLFLOW_AUTH on in .env.
+    #: stack's auth configuration; "mlflow-login-cache": the stack's, but MLflow's own login check (a
+    #: per-worker cache, before mlstack's); "off": no authentication. Only with MLFLOW_AUTH on in .env.
     auth: str = "default"
     #: The store plugin (the shipped server's) instead of MLflow's own store.
     fast_store: bool = False
@@ -87,10 +88,13 @@ def start_mlflow(settings: Settings, candidate: Candidate, workdir: Path) -> tup
     ]
     url = f"http://127.0.0.1:{port}"
     env = {**mlflow_server_env(settings), "MLSTACK_FAST_STORE": str(candidate.fast_store).lower()}
-    if auth and candidate.auth == "default":  # upstream's configuration: the same user database, no login cache
+    if auth and candidate.auth in ("default", "mlflow-login-cache"):
+        # upstream's login check on the same user database: without a cache (its default) or with the stack's
         config = workdir / f"basic_auth-{port}.ini"
         database_uri = settings.backend_store_uri(with_password=False, database=settings.mlflow_auth_db)
-        config.write_text(auth_config(database_uri, settings.mlflow_auth_default_permission, cache_seconds=0))
+        cache = settings.mlflow_auth_cache_seconds if candidate.auth == "mlflow-login-cache" else 0
+        check = "mlflow.server.auth:authenticate_request_basic_auth"
+        config.write_text(auth_config(database_uri, settings.mlflow_auth_default_permission, cache, check))
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
     return start_process(command, env, workdir, f"{url}/health"), url
 

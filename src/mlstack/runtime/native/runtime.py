@@ -441,7 +441,9 @@ def guard_env(settings: Settings) -> dict[str, str]:
 AUTHORIZATION_FUNCTION = "mlstack_mlflow_store.auth:authenticate_request_basic_auth"
 
 
-def auth_config(database_uri: str, default_permission: str, cache_seconds: int) -> str:
+def auth_config(
+    database_uri: str, default_permission: str, cache_seconds: int, authorization_function: str = AUTHORIZATION_FUNCTION
+) -> str:
     """MLflow's basic-auth configuration (an ini file; no secret in it: the admin's password comes from
     the environment, the database password from PGPASSWORD). services/mlflow-server/entrypoint.sh
     writes the same file in the image."""
@@ -449,7 +451,7 @@ def auth_config(database_uri: str, default_permission: str, cache_seconds: int) 
         "[mlflow]\n"
         f"default_permission = {default_permission}\n"
         f"database_uri = {database_uri}\n"
-        f"authorization_function = {AUTHORIZATION_FUNCTION}\n"
+        f"authorization_function = {authorization_function}\n"
         f"auth_cache_ttl_seconds = {cache_seconds}\n"
     )
 
