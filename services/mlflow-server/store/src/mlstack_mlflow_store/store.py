@@ -103,6 +103,7 @@ point AS (
 inserted AS (
     INSERT INTO metrics (key, value, timestamp, step, is_nan, run_uuid)
     SELECT key, value, timestamp, step, is_nan, :run_id FROM point, run WHERE run.lifecycle_stage = 'active'
+     ORDER BY key, timestamp, step, value, is_nan  -- the primary key's order: every writer locks alike
     ON CONFLICT DO NOTHING
     RETURNING key, value, timestamp, step, is_nan
 ),
