@@ -188,3 +188,37 @@ def test_storage_bootstrap_waits_for_the_object_store_to_start(rendered, native,
     assert (
         root_s3(project).head_bucket(Bucket=project.mlflow_artifact_bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
     )
+
+
+def test_migrate_waits_for_the_backend_store_then_migrates_it(rendered, native, project, tmp_path):
+    from mlstack.bootstrap import run_steps
+    from mlstack.bootstrap.database import DATABASE_STEPS
+
+    runtime, tools, socket_folder = native
+    start_postgres(runtime, tools, socket_folder, tcp=True)
+    run_steps(DATABASE_STEPS, project, lambda result: None)  # database-bootstrap ran before migrate
+    stop_postgres(runtime)
+    service = rendered["migrate"]
+    address = f"127.0.0.1:{project.postgres_port}"
+    environment = {key: str(value).replace("postgres:5432", address) for key, value in service["environment"].items()}
+    environment["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # the image's python and mlflow
+    home = tmp_path / "home"
+    home.mkdir()
+    command = [part.replace("$$", "$") for part in service["command"]]  # `config` keeps compose's escape
+    one_shot = subprocess.Popen(
+        command,
+        cwd=home,
+        env={**environment, "HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        read_until(one_shot, "waiting for the backend store")
+        start_postgres(runtime, tools, socket_folder, tcp=True)
+        output, _ = one_shot.communicate(timeout=300)
+    finally:
+        one_shot.kill()
+    assert one_shot.returncode == 0, output
+    with psycopg.connect(project.postgres_dsn(project.postgres_db), autocommit=True) as connection:
+        assert connection.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
