@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-import psycopg.conninfo
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -259,7 +258,9 @@ class Settings(BaseSettings):
                 self.postgres_password,
             )
         )
-        return psycopg.conninfo.make_conninfo(
+        from psycopg.conninfo import make_conninfo  # here: `mlstack --help` needs no database driver
+
+        return make_conninfo(
             host=self.postgres_host,
             port=self.postgres_port,
             dbname=database or self.postgres_db,

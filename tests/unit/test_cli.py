@@ -150,8 +150,10 @@ def test_doctor_judges_only_what_the_selected_stack_needs(project, monkeypatch):
     from mlstack import cli, runtime
 
     monkeypatch.setenv("MLSTACK_PROJECT_DIR", str(project.project_dir))
-    monkeypatch.setattr(cli, "check_max_map_count", lambda: "vm.max_map_count is 65530, Elasticsearch needs more")
-    monkeypatch.setattr(cli, "find_tools", lambda settings: None)
+    monkeypatch.setattr(
+        "mlstack.doctor.check_max_map_count", lambda: "vm.max_map_count is 65530, Elasticsearch needs more"
+    )
+    monkeypatch.setattr("mlstack.runtime.native.tools.find_tools", lambda settings: None)
     monkeypatch.setattr(runtime, "engine_answers", lambda: False)
     runner = CliRunner()
 
@@ -196,3 +198,17 @@ def test_user_add_refuses_a_name_that_is_not_a_plain_login_before_reaching_the_s
     for name in ("../admin", "a b", "bob/../admin", ".hidden", "x" * 65, "ali$ce", "é"):
         refused = assert_one_clear_line(mlstack(project.project_dir, "user", "add", name, "--password-stdin"))
         assert "is not a user name mlstack takes" in refused and "does not answer" not in refused, refused
+
+
+def test_help_loads_none_of_the_heavy_libraries():
+    """Each command imports what it needs when it runs: `mlstack --help` (and a typo) stay instant."""
+    heavy = ("mlflow", "clearml", "boto3", "botocore", "psycopg", "docker", "minio", "sklearn", "pandas", "requests")
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['mlstack', '--help']\n"
+        "try:\n    runpy.run_module('mlstack.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        f"print(sorted({{name.split('.')[0] for name in sys.modules}} & set({heavy!r})))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-300:]

@@ -1,0 +1,33 @@
+"""The `mlstack` command: one module per command group, each importing what its commands need
+when they run, so `mlstack --help` loads none of MLflow, ClearML, boto3 or psycopg.
+
+- `stack`: init, up, down, status, doctor, check-secrets, install-tools
+- `bootstrap`: bootstrap
+- `tracking`: sync, demo
+- `clearml`: clearml sync, clearml pipeline run|monitor|schedule
+- `users`: user add|remove
+- `maintenance`: backup, restore, upgrade, gc
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from mlstack.cli.common import app, console
+from mlstack.errors import MlstackError
+
+#: The command groups, in the order `mlstack --help` lists them (importing one registers its commands).
+GROUPS = ("stack", "bootstrap", "tracking", "clearml", "users", "maintenance")
+for group in GROUPS:
+    importlib.import_module(f"mlstack.cli.{group}")
+
+
+def main() -> None:
+    try:
+        app()
+    except MlstackError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise SystemExit(1) from None
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,5 @@
+"""`python -m mlstack.cli`: the `mlstack` command."""
+
+from mlstack.cli import main
+
+main()

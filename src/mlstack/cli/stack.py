@@ -1,0 +1,170 @@
+"""The stacks themselves: init, up, down, status, doctor, check-secrets, install-tools."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated
+
+import typer
+
+from mlstack.cli.common import RuntimeOption, StackOption, app, console, load_settings, project_settings, report_step
+from mlstack.errors import MlstackError
+from mlstack.settings import Settings, StackName
+
+
+def _init(rotate: bool = False, settings: Settings | None = None) -> Settings:
+    from mlstack.secrets import init_env, mask
+    from mlstack.settings import SECRET_FIELDS
+
+    settings = settings or load_settings()
+    result = init_env(settings.env_file, settings.env_example, [n.upper() for n in SECRET_FIELDS], rotate=rotate)
+    if result.created_file:
+        console.print(f"wrote {settings.env_file} (mode 0600) from {settings.env_example}")
+    settings = load_settings()
+    for name in result.generated + result.rotated:
+        verb = "rotated" if name in result.rotated else "generated"
+        console.print(f"  {name}: {verb} {mask(settings.secrets()[name])}")
+    if not (result.created_file or result.generated or result.rotated):
+        console.print(f"{settings.env_file}: every secret already set; nothing changed")
+    return settings
+
+
+@app.command()
+def init(rotate: Annotated[bool, typer.Option(help="Replace existing secrets with new ones.")] = False) -> None:
+    """Write .env from .env.example with strong random secrets (existing secrets are kept)."""
+    _init(rotate)
+
+
+@app.command()
+def up(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
+    """Start the stacks and wait until every service is healthy; a no-op for a healthy stack."""
+    from mlstack.bootstrap import run_steps
+    from mlstack.bootstrap.mlflow import CLIENT_STEPS
+    from mlstack.doctor import check_max_map_count
+    from mlstack.runtime import select_runtimes
+    from mlstack.runtime.native.tools import install_tools
+    from mlstack.secrets import check_secrets
+
+    settings = _init(settings=project_settings())
+    runtimes = select_runtimes(settings, console, runtime, stack)
+    for chosen in runtimes:
+        check_secrets(settings, chosen.stack)
+    for chosen in runtimes:
+        if chosen.name == "native":
+            install_tools(settings, console)
+        if chosen.stack == "clearml" and (problem := check_max_map_count()):
+            console.print(f"[yellow]warning:[/] {problem}")
+        if chosen.up():
+            console.print(f"[bold green]{chosen.stack} stack is up ({chosen.name})[/]")
+        if chosen.stack == "mlflow":
+            run_steps(CLIENT_STEPS, settings, report_step)
+    console.print(f"MLflow tracking server: {settings.mlflow_url}")
+
+
+@app.command()
+def down(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
+    """Stop the stacks; data stays."""
+    from mlstack.runtime import select_runtimes
+
+    for chosen in select_runtimes(project_settings(), console, runtime, stack):
+        chosen.down()
+
+
+@app.command()
+def status(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
+    """Each service: running or not, health, URL, where its data lives. Exits 3 when any service is not
+    running and healthy (a one-shot step counts once it completed)."""
+    from rich.table import Table
+
+    from mlstack.runtime import select_runtimes
+
+    healthy = True
+    for chosen in select_runtimes(project_settings(), console, runtime, stack):
+        table = Table("service", "running", "healthy", "url", "detail", title=f"{chosen.stack} stack ({chosen.name})")
+        services = chosen.status()
+        for service in services:
+            table.add_row(service.name, _mark(service.running), _mark(service.healthy), service.url, service.detail)
+        healthy &= bool(services) and all(service.healthy for service in services)
+        console.print(table)
+    if not healthy:
+        raise typer.Exit(3)
+
+
+def _mark(flag: bool) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]"
+
+
+@app.command()
+def doctor(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
+    """Check this host for what the selected stacks need on the runtime `up` would use; exits 1 naming
+    each problem and its fix (vm.max_map_count, say, only where the ClearML stack is selected)."""
+    from mlstack.errors import RuntimeUnavailableError
+    from mlstack.runtime import select_runtime
+    from mlstack.runtime.native import tools
+    from mlstack.secrets import check_secrets
+
+    settings = project_settings()
+    checks: dict[str, Callable[[], None]] = {}
+    problems: dict[str, str] = {}
+    for one in ("mlflow", "clearml") if stack == "all" else (stack,):
+        try:
+            chosen = select_runtime(settings, console, runtime, one)
+        except RuntimeUnavailableError as unavailable:
+            if stack == "all" and one == "clearml":
+                console.print(f"[yellow]the {one} stack is passed over, as `up` would:[/] {unavailable}")
+                continue
+            problems[f"{one} runtime"], chosen = str(unavailable), None
+        checks[f"{one} secrets"] = partial(check_secrets, settings, one)
+        if one == "clearml":
+            checks["vm.max_map_count (Elasticsearch)"] = _require_max_map_count
+        if chosen is not None and chosen.name == "native":
+            checks["native tools"] = partial(tools.find_tools, settings)
+        elif chosen is not None and tools.find_compose(settings) is None:
+            problems["compose"] = "the docker runtime needs the compose plugin: `docker compose version` must work"
+    for check, run in checks.items():
+        try:
+            run()
+        except MlstackError as error:
+            problems[check] = str(error)
+    for check, problem in problems.items():
+        console.print(f"[red]✗[/] {check}: {problem}")
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] everything the selected stacks need is here ({', '.join(checks)})")
+
+
+def _require_max_map_count() -> None:
+    from mlstack import doctor
+
+    if (problem := doctor.check_max_map_count()) is not None:
+        raise MlstackError(problem)
+
+
+@app.command("check-secrets")
+def check_secrets_command(
+    stack: Annotated[StackName | None, typer.Option(help="Only this stack's secrets (default: all).")] = None,
+) -> None:
+    """Fail, naming each one, while a secret is a placeholder, a well-known default or too short.
+
+    Reads the environment and .env if there is one (the compose stacks' preflight step has no .env)."""
+    from mlstack.secrets import check_secrets
+
+    check_secrets(load_settings(), stack)
+    console.print("secrets: all set")
+
+
+@app.command("install-tools")
+def install_tools_command(
+    compose: Annotated[bool, typer.Option(help="Also build the compose CLI (for compose validation).")] = False,
+) -> None:
+    """Install the native runtime's binaries where this user may (apt as root, go install).
+
+    Where a Docker engine answers (and --runtime is not native) the native binaries are not needed."""
+    from mlstack.runtime import resolve_runtime_name
+    from mlstack.runtime.native.tools import install_tools
+
+    settings = load_settings()
+    native = resolve_runtime_name(settings.runtime) == "native"
+    install_tools(settings, console, native=native, compose=compose)
+    console.print("tools present")
