@@ -11,7 +11,6 @@ import hashlib
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -203,7 +202,7 @@ def test_a_damaged_archive_is_refused_before_anything_changes(project, round_tri
 def test_a_backup_taken_while_a_tracker_logs_restores_consistently(project, round_trip, tmp_path, monkeypatch):
     settings, client = logged_in(project, monkeypatch)
     experiment_id = client.create_experiment(f"busy-{uuid.uuid4().hex[:6]}")
-    stop = threading.Event()
+    stop, tagged_one = threading.Event(), threading.Event()
 
     setup_mlflow(client.get_experiment(experiment_id).name, settings=settings)
 
@@ -219,12 +218,13 @@ def test_a_backup_taken_while_a_tracker_logs_restores_consistently(project, roun
                 artifact.write_text(f"artifact {index}")
                 tracker.log_artifact(artifact)
                 tracker.set_tags({"artifact_logged": "yes"})
+            tagged_one.set()
             index += 1
 
     writer = threading.Thread(target=busy)
     writer.start()
     try:
-        time.sleep(2)
+        assert tagged_one.wait(timeout=300), "the tracker logged no run"
         ok(run_mlstack(project, "backup", "--output", str(tmp_path / "busy"), "--runtime", "native"))
     finally:
         stop.set()

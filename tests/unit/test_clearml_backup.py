@@ -302,3 +302,18 @@ def test_a_failed_snapshot_still_unregisters_the_repository(stack, tmp_path, mon
         clearml.backup_clearml(stack, tmp_path, CONSOLE)
     assert stack.elasticsearch.repositories == {} and stack.elasticsearch.folder == {}
     assert not list(Path(tmp_path).glob("*.tar"))
+
+
+def test_a_restore_that_fails_midway_brings_the_servers_back_and_says_so(stack, tmp_path, monkeypatch):
+    backup = clearml.backup_clearml(stack, tmp_path, CONSOLE)
+    exec_in_container = stack.exec
+
+    def failing_mongorestore(service, command, stdin=None, stdout=None):
+        if command[0] == "mongorestore":
+            raise BackupError("mongorestore: the disk is full")
+        return exec_in_container(service, command, stdin, stdout)
+
+    monkeypatch.setattr(stack, "exec", failing_mongorestore)
+    with pytest.raises(BackupError, match="partly restored and running again"):
+        clearml.restore_clearml(stack, backup.path, CONSOLE, force=True)
+    assert stack.compose_calls[-1] == ("up", "--wait"), "the servers are started again"

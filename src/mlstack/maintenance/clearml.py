@@ -196,15 +196,22 @@ def restore_clearml(runtime: DockerRuntime, archive: Path, console: Console, for
             )
         servers = ("agent-services", "async_delete", "webserver", "apiserver", "fileserver")
         runtime.compose("--profile", "*", "stop", *servers)
-        with (folder / "mongo.archive.gz").open("rb") as dump:
-            _exec(runtime, "mongo", ["mongorestore", "--archive", "--gzip", "--drop", "--quiet"], stdin=dump)
-        _restore_snapshot(runtime, folder / "elasticsearch.tar", manifest.versions["snapshot"])
-        # the fileserver alone: `start` would bring the apiserver up before the files are back
-        runtime.compose("up", "--detach", "--no-deps", "fileserver")
-        _exec(runtime, "fileserver", ["sh", "-c", f"rm -rf {FILESERVER}/* {FILESERVER}/.[!.]*"])
-        with (folder / "fileserver.tar").open("rb") as files:
-            _exec(runtime, "fileserver", ["tar", "-C", FILESERVER, "-xf", "-"], stdin=files)
-    runtime.up()
+        try:
+            with (folder / "mongo.archive.gz").open("rb") as dump:
+                _exec(runtime, "mongo", ["mongorestore", "--archive", "--gzip", "--drop", "--quiet"], stdin=dump)
+            _restore_snapshot(runtime, folder / "elasticsearch.tar", manifest.versions["snapshot"])
+            # the fileserver alone: `start` would bring the apiserver up before the files are back
+            runtime.compose("up", "--detach", "--no-deps", "fileserver")
+            _exec(runtime, "fileserver", ["sh", "-c", f"rm -rf {FILESERVER}/* {FILESERVER}/.[!.]*"])
+            with (folder / "fileserver.tar").open("rb") as files:
+                _exec(runtime, "fileserver", ["tar", "-C", FILESERVER, "-xf", "-"], stdin=files)
+        except Exception as error:
+            raise BackupError(
+                f"restore from {archive} failed midway ({error}); the stack is partly restored and running again: "
+                f"run `mlstack restore {archive} --force` once the cause is fixed"
+            ) from error
+        finally:
+            runtime.up()
     restored = clearml_counts(runtime)
     if differences := {
         key: (value, restored.get(key)) for key, value in manifest.counts.items() if restored.get(key) != value
