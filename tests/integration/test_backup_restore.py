@@ -1,4 +1,4 @@
-"""Backups that restore, on a scratch native stack, as README "Backups" says: runs with params, 10,000
+"""Backups that restore, on a scratch native stack, as docs/operations.md "Backups" says: runs with params, 10,000
 metric points, artifacts, a registered model with an alias and a person's login; `mlstack backup`;
 `mlstack down`; every byte of state wiped (.env too); `mlstack up`; `mlstack restore`: everything is
 identical. Then: a backup taken while a tracker logs restores consistently, a damaged archive is

@@ -1,4 +1,4 @@
-"""README "Open it to the team", run as written on a scratch stack: the settings in .env, `mlstack up`,
+"""docs/security.md "Open it to the team", run as written on a scratch stack: the settings in .env, `mlstack up`,
 `mlstack user add`, then a team member's plain mlflow client on another machine (a process with
 nothing of ours in its environment) reaching the server over HTTPS by this machine's address,
 trusting the generated CA. Plain HTTP from outside is refused, and so is a name the server was

@@ -353,8 +353,8 @@ def tls_front_env(settings: Settings, files: TlsFiles) -> dict[str, str]:
 
 
 def mlflow_server_command(settings: Settings) -> list[str]:
-    """The tracking server under gunicorn with threaded workers (README: why, and the Host-header check),
-    behind MLflow's basic-auth app unless MLFLOW_AUTH=false."""
+    """The tracking server under gunicorn with threaded workers, behind MLflow's basic-auth app unless
+    MLFLOW_AUTH=false (services/mlflow-server/README.md: why, and the Host-header check)."""
     auth = ["--app-name", "basic-auth"] if settings.mlflow_auth else []
     return [
         sys.executable,
