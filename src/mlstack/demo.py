@@ -42,7 +42,7 @@ from tenacity import stop_after_delay
 from mlstack import reports
 from mlstack.settings import Settings
 from mlstack.tracking.mlflow.config import current_config, setup_mlflow
-from mlstack.tracking.mlflow.tracker import server_answers
+from mlstack.tracking.mlflow.transport import server_answers
 from mlstack.tracking.multi import MultiTracker, configured_backends, track
 
 EXPERIMENT = "mlstack-demo"

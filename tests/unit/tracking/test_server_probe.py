@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from tenacity import stop_after_attempt
 
-from mlstack.tracking.mlflow.tracker import server_answers
+from mlstack.tracking.mlflow.transport import server_answers
 
 probe = server_answers.retry_with(stop=stop_after_attempt(1))
 

@@ -179,7 +179,7 @@ def test_a_run_end_the_server_does_not_answer_for_is_kept(spool_dir, monkeypatch
     def connection_error(*args, **kwargs):
         raise MlflowException("API request to http://tracking.invalid failed with exception ConnectionError")
 
-    monkeypatch.setattr(tracker_module, "server_answers", lambda tracking_uri: health_answers)
+    monkeypatch.setattr(transport, "server_answers", lambda tracking_uri: health_answers)
     monkeypatch.setattr(MlflowClient, "set_terminated", connection_error)
     record = spool_run_end(spool_dir, "http://tracking.invalid", "some-run", "FINISHED", 1_700_000_000_000)
 

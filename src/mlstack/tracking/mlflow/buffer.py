@@ -28,8 +28,8 @@ from itertools import groupby
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from mlstack.tracking.mlflow.errors import MetricsSpooledError, SpoolWriteError
-from mlstack.tracking.mlflow.spool import MetricSpool, Point
-from mlstack.tracking.mlflow.transport import MetricSender, RejectedBatchError, TransientSendError
+from mlstack.tracking.mlflow.spool import MetricSpool
+from mlstack.tracking.mlflow.transport import MetricSender, Point, RejectedBatchError, TransientSendError
 
 logger = logging.getLogger(__name__)
 #: Points written to the spool at a time: on a full disk, what fits is kept there.

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from mlstack.settings import Settings
 from mlstack.tracking.mlflow.errors import TrackingError
+from mlstack.tracking.mlflow.transport import Point
 
 SPOOL_FOLDER = "spool"
 REJECTED_FOLDER = "rejected"
-Point = tuple[str, str, float, int, int]  # run_id, key, value, timestamp (ms), step
 
 
 def spool_folder(settings: Settings) -> Path:
@@ -232,8 +232,7 @@ def replay_run_ends(settings_or_path: Settings | Path | str, tracking_uri: str |
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from mlstack.tracking.mlflow.tracker import server_answers
-    from mlstack.tracking.mlflow.transport import TRANSIENT_HTTP_STATUS
+    from mlstack.tracking.mlflow.transport import TRANSIENT_HTTP_STATUS, server_answers
 
     report = ReplayReport()
     files = [path for path in _spool_files(settings_or_path, f"{_RUN_END_PREFIX}*.json") if _is_run_end(path)]

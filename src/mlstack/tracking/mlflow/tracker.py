@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any, Self
 
 import mlflow
-import requests
 from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
-from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
 from mlstack.tracking.mlflow import validation
 from mlstack.tracking.mlflow.config import current_config, metric_pipeline
@@ -33,6 +31,7 @@ from mlstack.tracking.mlflow.errors import (
     TrackingInputError,
 )
 from mlstack.tracking.mlflow.spool import spool_folder, spool_run_end
+from mlstack.tracking.mlflow.transport import server_answers
 
 MAX_PARAMS_OR_TAGS_PER_REQUEST = 100
 _open_trackers: ContextVar[tuple[ExperimentTracker, ...]] = ContextVar("mlstack_open_trackers", default=())
@@ -369,26 +368,6 @@ def create_mlflow_run(
 ) -> ExperimentTracker:
     """`with create_mlflow_run(run_name, tags) as run:` (seed 004): a tracker in the configured experiment."""
     return ExperimentTracker(experiment_name, run_name, tags)
-
-
-@retry(
-    stop=stop_after_delay(10),
-    wait=wait_fixed(1),
-    retry=retry_if_result(lambda answered: not answered),
-    retry_error_callback=lambda _state: False,
-)
-def server_answers(tracking_uri: str) -> bool:
-    """Whether the tracking server answers within ~10 s (always True for local stores).
-
-    Any answer counts (a 401 or 404 from a proxy in front is the mlflow client's business); a
-    refused connection, a timeout or a gateway error (502-504: nothing behind the proxy) does not.
-    """
-    if not tracking_uri.startswith(("http://", "https://")):
-        return True
-    try:
-        return requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).status_code not in (502, 503, 504)
-    except requests.RequestException:
-        return False
 
 
 def _leave_fluent_run(run_id: str) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Protocol
 
 import requests
+from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
-from mlstack.tracking.mlflow.spool import Point
+Point = tuple[str, str, float, int, int]  # run_id, key, value, timestamp (ms), step
 
 MAX_METRICS_PER_REQUEST = 1000  # server limit; 1000 points of <=250-char keys stay far below 1 MB
 REQUEST_TIMEOUT_SECONDS = 60
@@ -112,3 +113,23 @@ def sender_for(tracking_uri: str) -> MetricSender:
     if tracking_uri.startswith(("http://", "https://")):
         return RestMetricSender(tracking_uri)
     return ClientMetricSender(tracking_uri)
+
+
+@retry(
+    stop=stop_after_delay(10),
+    wait=wait_fixed(1),
+    retry=retry_if_result(lambda answered: not answered),
+    retry_error_callback=lambda _state: False,
+)
+def server_answers(tracking_uri: str) -> bool:
+    """Whether the tracking server answers within ~10 s (always True for local stores).
+
+    Any answer counts (a 401 or 404 from a proxy in front is the mlflow client's business); a
+    refused connection, a timeout or a gateway error (502-504: nothing behind the proxy) does not.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True
+    try:
+        return requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).status_code not in (502, 503, 504)
+    except requests.RequestException:
+        return False

@@ -18,7 +18,7 @@ from mlflow.utils.search_utils import SearchUtils
 from mlflow.utils.validation import _parse_experiment_ids
 from sqlalchemy import select, text
 
-from mlstack_mlflow_store.store import RUN_COLUMNS, run_info_and_data
+from mlstack_mlflow_store.runs import RUN_COLUMNS, run_info_and_data
 
 # The runs of a page, in the page's order.
 _PAGE_RUNS = text(f"""

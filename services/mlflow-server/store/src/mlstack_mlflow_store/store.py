@@ -20,19 +20,14 @@ from mlflow.entities import (
     InputTag,
     LoggedModelInput,
     LoggedModelOutput,
-    Metric,
-    Param,
     Run,
-    RunData,
-    RunInfo,
     RunInputs,
     RunOutputs,
-    RunTag,
 )
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, _get_run_name_from_tags
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from mlflow.utils.validation import (
     _validate_batch_log_data,
     _validate_batch_log_limits,
@@ -42,22 +37,12 @@ from mlflow.utils.validation import (
 )
 from sqlalchemy import text
 
+from mlstack_mlflow_store.runs import RUN_COLUMNS, run_info_and_data
+from mlstack_mlflow_store.search import search_runs
+
 # A run with its tags, params, latest metrics, dataset inputs and model inputs/outputs: the rows
 # MLflow's get_run reads with seven queries. Typed arrays keep floats and bigints exact; the dataset
 # inputs (all text) travel as JSON.
-# A run's columns with its tags, params and latest metrics (`r` is the runs row).
-RUN_COLUMNS = """
-       r.run_uuid, r.name, r.experiment_id, r.user_id, r.status, r.start_time, r.end_time,
-       r.lifecycle_stage, r.artifact_uri,
-       ARRAY(SELECT ARRAY[t.key, t.value] FROM tags t WHERE t.run_uuid = r.run_uuid ORDER BY t.key) AS tags,
-       ARRAY(SELECT ARRAY[p.key, p.value] FROM params p WHERE p.run_uuid = r.run_uuid ORDER BY p.key) AS params,
-       ARRAY(SELECT m.key FROM latest_metrics m WHERE m.run_uuid = r.run_uuid ORDER BY m.key) AS metric_keys,
-       ARRAY(SELECT m.value FROM latest_metrics m WHERE m.run_uuid = r.run_uuid ORDER BY m.key) AS metric_values,
-       ARRAY(SELECT m.timestamp FROM latest_metrics m WHERE m.run_uuid = r.run_uuid ORDER BY m.key)
-           AS metric_timestamps,
-       ARRAY(SELECT m.step FROM latest_metrics m WHERE m.run_uuid = r.run_uuid ORDER BY m.key) AS metric_steps,
-       ARRAY(SELECT m.is_nan FROM latest_metrics m WHERE m.run_uuid = r.run_uuid ORDER BY m.key) AS metric_is_nan"""
-
 _GET_RUN = text(f"""
 SELECT {RUN_COLUMNS},
        (SELECT json_agg(json_build_object(
@@ -147,8 +132,6 @@ class PostgresFastPathStore(SqlAlchemyStore):
         return _run_from_row(row)
 
     def _search_runs(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token):
-        from mlstack_mlflow_store.search import search_runs
-
         return search_runs(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token)
 
     def log_metric(self, run_id, metric):
@@ -220,34 +203,3 @@ def _run_from_row(row) -> Run:
     return Run(
         info, data, RunInputs(dataset_inputs=dataset_inputs, model_inputs=model_inputs), RunOutputs(model_outputs)
     )
-
-
-def run_info_and_data(row) -> tuple[RunInfo, RunData]:
-    """A run's info and data as MLflow's `SqlRun.to_mlflow_entity` builds them, from `RUN_COLUMNS`."""
-    tags = [RunTag(key, value) for key, value in row["tags"]]
-    info = RunInfo(
-        run_id=row["run_uuid"],
-        run_name=row["name"],
-        experiment_id=str(row["experiment_id"]),
-        user_id=row["user_id"],
-        status=row["status"],
-        start_time=row["start_time"],
-        end_time=row["end_time"],
-        lifecycle_stage=row["lifecycle_stage"],
-        artifact_uri=row["artifact_uri"],
-    )
-    if not info.run_name and (run_name := _get_run_name_from_tags(tags)):
-        info._set_run_name(run_name)
-    metrics = [
-        Metric(key=key, value=float("nan") if is_nan else value, timestamp=timestamp, step=step)
-        for key, value, timestamp, step, is_nan in zip(
-            row["metric_keys"],
-            row["metric_values"],
-            row["metric_timestamps"],
-            row["metric_steps"],
-            row["metric_is_nan"],
-            strict=True,
-        )
-    ]
-    data = RunData(metrics=metrics, params=[Param(key, value) for key, value in row["params"]], tags=tags)
-    return info, data
