@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     mlflow_worker_timeout: int = Field(default=900, ge=1)
     #: The server's PostgreSQL fast paths (services/mlflow-server/store); off: MLflow's own store and handlers.
     mlstack_fast_store: bool = True
+    #: With the fast store: its request-level log-batch and search-runs paths and auth-table patches.
+    mlstack_fast_routes: bool = True
     #: The server's request guard (services/mlflow-server/store: sizes, ids, numbers) and its limits.
     mlstack_request_guard: bool = True
     mlstack_max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)

@@ -528,3 +528,22 @@ def test_concurrent_writers_of_the_same_points_never_deadlock(mlflow_stack, fast
     deadlocks = [record for record in caplog.records if "deadlock" in record.getMessage().lower()]
     assert deadlocks == [], f"{len(deadlocks)} deadlocks detected (and retried)"
     assert len(rows(mlflow_stack, "metrics", run_id)) == len({(m.key, m.value, m.timestamp, m.step) for m in points})
+
+
+def test_a_missing_mlflow_internal_gives_mlflows_own_store_and_says_which(uri, monkeypatch, caplog):
+    """An MLflow release that renamed an internal the fast paths use (compat's self-check) runs on
+    MLflow's own store, and the server log names what is missing, instead of failing requests."""
+    from mlflow.utils import validation
+    from mlstack_mlflow_store import compat
+
+    monkeypatch.setenv("MLSTACK_FAST_STORE", "true")
+    monkeypatch.delattr(validation, "_validate_tag")
+    compat.usable.cache_clear()
+    caplog.set_level(logging.WARNING, logger="mlflow.mlstack_mlflow_store.compat")
+    try:
+        store = _tracking_store_registry.get_store_builder(uri)(store_uri=uri, artifact_uri=ARTIFACT_ROOT)
+    finally:
+        compat.usable.cache_clear()
+    assert type(store) is SqlAlchemyStore
+    store.engine.dispose()
+    assert any("mlflow.utils.validation._validate_tag" in record.getMessage() for record in caplog.records)

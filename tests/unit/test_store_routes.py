@@ -122,3 +122,22 @@ def test_the_gunicorn_hook_leaves_mlflows_views_alone_unless_the_store_is_the_fa
     gunicorn_hooks.post_worker_init(SimpleNamespace(wsgi=app))
     assert app.view_functions[routes.LOG_BATCH_ENDPOINT] is not views[routes.LOG_BATCH_ENDPOINT]
     assert app.view_functions[routes.SEARCH_RUNS_ENDPOINT] is routes.search_runs
+
+
+def test_every_mlflow_internal_the_plugin_names_is_there_on_the_pinned_mlflow():
+    from mlstack_mlflow_store import compat
+
+    assert compat.missing() == []
+    for name in compat.INTERNALS:
+        if compat.INTERNALS[name][0] != "mlflow.server.auth":
+            assert getattr(compat, name) is not None
+
+
+def test_the_request_level_paths_have_a_switch_of_their_own(monkeypatch):
+    app = Flask("switch")
+    app.add_url_rule("/log-batch", routes.LOG_BATCH_ENDPOINT, handlers._log_batch, methods=["POST"])
+    views = dict(app.view_functions)
+    monkeypatch.setattr(handlers, "_get_tracking_store", lambda: PostgresFastPathStore.__new__(PostgresFastPathStore))
+    monkeypatch.setenv("MLSTACK_FAST_ROUTES", "false")
+    gunicorn_hooks.post_worker_init(SimpleNamespace(wsgi=app))
+    assert app.view_functions == views

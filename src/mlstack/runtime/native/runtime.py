@@ -416,6 +416,7 @@ def mlflow_server_env(settings: Settings) -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_SERVER_ALLOWED_HOSTS": settings.mlflow_server_allowed_hosts,
         "MLSTACK_FAST_STORE": str(settings.mlstack_fast_store).lower(),
+        "MLSTACK_FAST_ROUTES": str(settings.mlstack_fast_routes).lower(),
         **guard_env(settings),
         **(auth_env(settings) if settings.mlflow_auth else {}),
     }

@@ -33,10 +33,11 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
     from mlflow import version
     from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
     from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
-    from mlflow.tracking._tracking_service.utils import _SERVER_ARTIFACT_ROOT_ENV_VAR, _get_sqlalchemy_store
+
+    from mlstack_mlflow_store import compat
 
     if not fast_store_requested():
-        return _get_sqlalchemy_store(store_uri, artifact_uri)
+        return compat.own_store(store_uri, artifact_uri)
     if Version(version.VERSION).release[:2] != VERIFIED_MLFLOW:
         _logger.warning(
             "%s is set but MLflow %s is not the verified %d.%d; using MLflow's own store.",
@@ -44,14 +45,16 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
             version.VERSION,
             *VERIFIED_MLFLOW,
         )
-        return _get_sqlalchemy_store(store_uri, artifact_uri)
+        return compat.own_store(store_uri, artifact_uri)
     if MLFLOW_ENABLE_WORKSPACES.get():
         _logger.warning("%s is set but workspaces are on; using MLflow's own store.", ENABLE_VAR)
-        return _get_sqlalchemy_store(store_uri, artifact_uri)
+        return compat.own_store(store_uri, artifact_uri)
+    if not compat.usable():  # it says which internals are missing
+        return compat.own_store(store_uri, artifact_uri)
 
     from mlstack_mlflow_store.store import PostgresFastPathStore
 
     if artifact_uri is None:  # the server's artifact root, as MLflow's own builder resolves it
-        artifact_uri = os.environ.get(_SERVER_ARTIFACT_ROOT_ENV_VAR, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+        artifact_uri = os.environ.get(compat.artifact_root_variable, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
     _logger.info("runs/get, log-metric, set-tag, log-batch and search-runs use mlstack's PostgreSQL fast paths")
     return PostgresFastPathStore(store_uri, artifact_uri)

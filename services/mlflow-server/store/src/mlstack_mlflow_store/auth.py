@@ -43,6 +43,8 @@ def authenticate_request_basic_auth():
 def _check():
     from mlflow.server import auth
 
+    from mlstack_mlflow_store import compat
+
     authorization = request.authorization
     if authorization is None or not authorization.username or authorization.password is None:
         return auth.make_basic_auth_response()
@@ -58,7 +60,7 @@ def _check():
     if not known:
         if not check_password_hash(user.password_hash, password):
             return auth.make_basic_auth_response()
-        if auth._is_disabled_legacy_admin_login(username, password, user):
+        if compat.legacy_admin_login(username, password, user):
             return auth.make_basic_auth_response()
         if cache is not None:
             with _LOCK:

@@ -25,30 +25,26 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 
 from flask import Flask, Response, g, request
 from mlflow.exceptions import MlflowException
 from mlflow.protos.service_pb2 import SearchRuns
 from mlflow.server import handlers
-from mlflow.utils.validation import (
-    MAX_ENTITY_KEY_LENGTH,
-    MAX_METRICS_PER_BATCH,
-    _validate_metric_name,
-    _validate_run_id,
-)
+from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH
 
-from mlstack_mlflow_store import protojson
+from mlstack_mlflow_store import compat, protojson
 
 #: MLflow's endpoint names for runs/log-batch and runs/search (REST and ajax routes share each).
 LOG_BATCH_ENDPOINT = "_log_batch"
 SEARCH_RUNS_ENDPOINT = "_search_runs"
 #: MLflow's `_search_runs` request checks (mlflow/server/handlers.py, the verified version).
 SEARCH_RUNS_SCHEMA = {
-    "experiment_ids": [handlers._assert_array],
-    "filter": [handlers._assert_string],
-    "max_results": [handlers._assert_intlike, lambda x: handlers._assert_less_than_or_equal(int(x), 50000)],
-    "order_by": [handlers._assert_array, handlers._assert_item_type_string],
+    "experiment_ids": [compat.assert_array],
+    "filter": [compat.assert_string],
+    "max_results": [compat.assert_intlike, lambda x: compat.assert_at_most(int(x), 50000)],
+    "order_by": [compat.assert_array, compat.assert_strings],
 }
 _BODY_FIELDS = frozenset({"run_id", "metrics", "params", "tags"})
 _POINT_FIELDS = frozenset({"key", "value", "timestamp", "step"})
@@ -56,6 +52,12 @@ _SPECIAL_VALUES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf
 _INT64 = 2**63
 # A child of MLflow's logger, so the line lands in the server's log next to MLflow's own.
 _logger = logging.getLogger(f"mlflow.{__name__}")
+ENABLE_VAR = "MLSTACK_FAST_ROUTES"
+
+
+def enabled() -> bool:
+    """Whether the request-level paths may be installed (MLSTACK_FAST_ROUTES, on unless false)."""
+    return os.environ.get(ENABLE_VAR, "true").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def metric_columns(payload) -> tuple[str, list[str], list[float], list[int], list[int]] | None:
@@ -86,11 +88,11 @@ def metric_columns(payload) -> tuple[str, list[str], list[float], list[int], lis
     if min(timestamps) < 0 or max(timestamps) >= _INT64 or min(steps) < -_INT64 or max(steps) >= _INT64:
         return None
     try:
-        _validate_run_id(run_id)
+        compat.validate_run_id(run_id)
         for key in set(keys):
             if len(key) > MAX_ENTITY_KEY_LENGTH:
                 return None
-            _validate_metric_name(key)
+            compat.validate_metric_name(key)
     except MlflowException:
         return None
     return run_id, keys, values, timestamps, steps
@@ -129,7 +131,7 @@ def install(app: Flask, store) -> None:
 @handlers.catch_mlflow_exception
 def search_runs():
     """MLflow's `_search_runs` (its request parsing and checks, its `search_runs_impl`), encoded by protojson."""
-    message = handlers._get_request_message(SearchRuns(), schema=SEARCH_RUNS_SCHEMA)
+    message = compat.request_message(SearchRuns(), schema=SEARCH_RUNS_SCHEMA)
     return Response(protojson.message_to_json(handlers.search_runs_impl(message)), mimetype="application/json")
 
 
@@ -140,7 +142,7 @@ def _install_auth_check(auth) -> None:
 
     def validate_can_log_batch() -> bool:
         if request_columns() is not None:  # no point names a logged model: MLflow's check is the run's
-            return auth._validate_can_update_run_and_models(set())
+            return compat.can_update_run_and_models(set())
         return mlflow_check()
 
     for route, check in list(auth.BEFORE_REQUEST_VALIDATORS.items()):

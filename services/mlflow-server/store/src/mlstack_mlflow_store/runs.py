@@ -4,7 +4,8 @@ it: shared by runs/get (`store`) and search-runs (`search`)."""
 from __future__ import annotations
 
 from mlflow.entities import Metric, Param, RunData, RunInfo, RunTag
-from mlflow.utils.mlflow_tags import _get_run_name_from_tags
+
+from mlstack_mlflow_store import compat
 
 # A run's columns with its tags, params and latest metrics (`r` is the runs row).
 RUN_COLUMNS = """
@@ -34,7 +35,7 @@ def run_info_and_data(row) -> tuple[RunInfo, RunData]:
         lifecycle_stage=row["lifecycle_stage"],
         artifact_uri=row["artifact_uri"],
     )
-    if not info.run_name and (run_name := _get_run_name_from_tags(tags)):
+    if not info.run_name and (run_name := compat.run_name_from_tags(tags)):
         info._set_run_name(run_name)
     metrics = [
         Metric(key=key, value=float("nan") if is_nan else value, timestamp=timestamp, step=step)

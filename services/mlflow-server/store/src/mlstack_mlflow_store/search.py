@@ -13,11 +13,10 @@ from __future__ import annotations
 from mlflow.entities import Run, RunInputs, RunOutputs
 from mlflow.entities.lifecycle_stage import LifecycleStage
 from mlflow.store.tracking.dbmodels.models import SqlRun
-from mlflow.store.tracking.sqlalchemy_store import _get_orderby_clauses, _get_sqlalchemy_filter_clauses
 from mlflow.utils.search_utils import SearchUtils
-from mlflow.utils.validation import _parse_experiment_ids
 from sqlalchemy import select, text
 
+from mlstack_mlflow_store import compat
 from mlstack_mlflow_store.runs import RUN_COLUMNS, run_info_and_data
 
 # The runs of a page, in the page's order.
@@ -35,11 +34,11 @@ def search_runs(store, experiment_ids, filter_string, run_view_type, max_results
     stages = set(LifecycleStage.view_type_to_stages(run_view_type))
     with store.ManagedSessionMaker() as session:
         parsed_filters = SearchUtils.parse_search_filter(filter_string)
-        cases_orderby, parsed_orderby, sorting_joins = _get_orderby_clauses(order_by, session)
+        cases_orderby, parsed_orderby, sorting_joins = compat.order_by_clauses(order_by, session)
         # DISTINCT needs what the page is ordered by in its select list: MLflow's order-by columns
         # and the default order's start_time and run_uuid.
         stmt = select(SqlRun.run_uuid, SqlRun.start_time, *cases_orderby)
-        attribute_filters, non_attribute_filters, dataset_filters = _get_sqlalchemy_filter_clauses(
+        attribute_filters, non_attribute_filters, dataset_filters = compat.filter_clauses(
             parsed_filters, session, store._get_dialect()
         )
         for non_attribute_filter in non_attribute_filters:
@@ -49,7 +48,7 @@ def search_runs(store, experiment_ids, filter_string, run_view_type, max_results
         for sorting_join in sorting_joins:
             stmt = stmt.outerjoin(sorting_join)
         offset = SearchUtils.parse_start_offset_from_page_token(page_token)
-        experiment_ids = store._filter_experiment_ids(session, _parse_experiment_ids(experiment_ids))
+        experiment_ids = store._filter_experiment_ids(session, compat.parse_experiment_ids(experiment_ids))
         stmt = (
             stmt.distinct()
             .filter(SqlRun.experiment_id.in_(experiment_ids), SqlRun.lifecycle_stage.in_(stages), *attribute_filters)

@@ -28,15 +28,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-from mlflow.utils.validation import (
-    _validate_batch_log_data,
-    _validate_batch_log_limits,
-    _validate_metric,
-    _validate_run_id,
-    _validate_tag,
-)
 from sqlalchemy import text
 
+from mlstack_mlflow_store import compat
 from mlstack_mlflow_store.runs import RUN_COLUMNS, run_info_and_data
 from mlstack_mlflow_store.search import search_runs
 
@@ -137,21 +131,21 @@ class PostgresFastPathStore(SqlAlchemyStore):
     def log_metric(self, run_id, metric):
         if metric.model_id is not None:
             return super().log_metric(run_id, metric)
-        _validate_metric(metric.key, metric.value, metric.timestamp, metric.step)
+        compat.validate_metric(metric.key, metric.value, metric.timestamp, metric.step)
         self._record_metrics(run_id, [metric])
 
     def log_batch(self, run_id, metrics, params, tags):
         if params or tags or any(metric.model_id is not None for metric in metrics):
             return super().log_batch(run_id, metrics, params, tags)
-        _validate_run_id(run_id)
-        _validate_batch_log_data(metrics, [], [])
-        _validate_batch_log_limits(metrics, [], [])
+        compat.validate_run_id(run_id)
+        compat.validate_batch_data(metrics, [], [])
+        compat.validate_batch_limits(metrics, [], [])
         self._record_metrics(run_id, metrics)
 
     def set_tag(self, run_id, tag):
         if tag.key == MLFLOW_RUN_NAME:  # also renames the run: MLflow's own path
             return super().set_tag(run_id, tag)
-        tag = _validate_tag(tag.key, tag.value)
+        tag = compat.validate_tag(tag.key, tag.value)
         self._write_if_active(_SET_TAG, {"run_id": run_id, "key": tag.key, "value": tag.value})
 
     def _record_metrics(self, run_id, metrics):
