@@ -152,8 +152,9 @@ def test_status_shows_the_tls_front_and_the_ca_to_hand_out(team_stack):
 
 
 def test_a_body_past_the_request_limit_is_refused_through_the_front_whole_or_chunked(team_stack):
-    """The server refuses a declared length past the limit before reading a byte; a chunked body is
-    cut by the front (Caddy's request_body limit) as well as by the server."""
+    """Through the front, the server refuses a declared length past the limit before reading a byte
+    and cuts a chunked body at it, both with a 413 naming the limit (the front itself lets no body past
+    the largest limit, MLSTACK_MAX_ARTIFACT_BYTES, cross)."""
     settings, address, ca = team_stack
     url = f"https://{address}:{settings.mlflow_tls_port}/api/2.0/mlflow/runs/search"
     login, headers = ("alice", ALICE_PASSWORD), {"Content-Type": "application/json"}
@@ -163,6 +164,9 @@ def test_a_body_past_the_request_limit_is_refused_through_the_front_whole_or_chu
     chunked = requests.post(
         url, data=iter([body[:1000], body[1000:]]), auth=login, verify=ca, headers=headers, timeout=30
     )
-    assert chunked.status_code == 413, (chunked.status_code, chunked.text[:200])
+    assert chunked.status_code == 413 and "MLSTACK_MAX_REQUEST_BYTES" in chunked.text, (
+        chunked.status_code,
+        chunked.text,
+    )
     fits = requests.post(url, json={"experiment_ids": ["0"]}, auth=login, verify=ca, timeout=30)
     assert fits.status_code == 200

@@ -348,7 +348,7 @@ def tls_front_env(settings: Settings, files: TlsFiles) -> dict[str, str]:
         "MLSTACK_TLS_CERT": str(files.cert),
         "MLSTACK_TLS_KEY": str(files.key),
         "MLSTACK_TLS_UPSTREAM": f"127.0.0.1:{settings.mlflow_port}",
-        **{name: value for name, value in guard_env(settings).items() if name.endswith("_BYTES")},
+        "MLSTACK_MAX_ARTIFACT_BYTES": str(settings.mlstack_max_artifact_bytes),
     }
 
 
