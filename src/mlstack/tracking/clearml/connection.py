@@ -43,6 +43,18 @@ def forget_closed_master() -> None:
             del os.environ[name]
 
 
+def _set_offline(offline: bool) -> None:
+    """The SDK's mode switch, without the mark it leaves in os.environ: that variable stays the user's
+    own (the SDK writes CLEARML_OFFLINE_MODE, which this process and its children would then read as
+    the user asking for offline mode)."""
+    before = os.environ.get(OFFLINE_MODE)
+    Task.set_offline(offline)
+    if before is None:
+        os.environ.pop(OFFLINE_MODE, None)
+    else:
+        os.environ[OFFLINE_MODE] = before
+
+
 def server_problem(settings: Settings, timeout: float = 3.0) -> str | None:
     """Why the configured ClearML server cannot be used, or None when it answers."""
     if offline_requested():
@@ -81,7 +93,7 @@ def use_server(settings: Settings) -> None:
         secret=settings.clearml_api_secret_key.get_secret_value(),
     )
     # After the credentials: going online reconnects the sessions this process opened offline.
-    Task.set_offline(False)
+    _set_offline(False)
 
 
 def use_offline(settings: Settings, reason: str) -> None:
@@ -92,7 +104,7 @@ def use_offline(settings: Settings, reason: str) -> None:
     report_in_process()
     settings.clearml_offline_path.mkdir(parents=True, exist_ok=True)
     os.environ["CLEARML_CACHE_DIR"] = str(settings.clearml_offline_path)
-    Task.set_offline(True)
+    _set_offline(True)
     OutputModel.set_default_upload_uri(settings.clearml_output_destination)
     if not _announced_offline:
         _announced_offline = True

@@ -103,8 +103,9 @@ class MetricPipeline:
         with self._lock:
             target = self._enqueued
             self._work.notify_all()
+            # a batch that can reach neither the server nor the disk may never settle: report it at once
             done = self._progress.wait_for(
-                lambda: self._low_watermark() >= target or self._failure is not None, timeout
+                lambda: self._low_watermark() >= target or isinstance(self._failure, SpoolWriteError), timeout
             )
             if self._failure is not None:
                 raise self._report_failure()
