@@ -19,7 +19,7 @@ import sys
 import threading
 
 from cachetools import TTLCache
-from flask import g, request
+from flask import g, has_request_context, request
 from mlflow.exceptions import MlflowException
 from werkzeug.security import check_password_hash
 
@@ -53,6 +53,7 @@ def _check():
         user = auth.store.get_user(username)
     except MlflowException:
         return auth.make_basic_auth_response()
+    _remember_for_this_request(auth.store, user)
     key = (username, hmac.new(_KEY, password.encode(), hashlib.sha256).digest(), user.password_hash)
     cache = _cache(auth.auth_config.auth_cache_ttl_seconds)
     with _LOCK:
@@ -66,6 +67,22 @@ def _check():
             with _LOCK:
                 cache[key] = True
     return authorization
+
+
+def _remember_for_this_request(store, user) -> None:
+    """The auth app looks the person up again later in the request (is this an admin?): it gets the
+    row this check read, so a removal racing the request cannot turn it into a 404 half-way."""
+    g.mlstack_users = {user.username: user}
+    if getattr(store.get_user, "mlstack_per_request", False):
+        return
+    read = store.get_user
+
+    def get_user(username: str):
+        remembered = g.get("mlstack_users", {}) if has_request_context() else {}
+        return remembered[username] if username in remembered else read(username)
+
+    get_user.mlstack_per_request = True
+    store.get_user = get_user
 
 
 def _cache(ttl: int) -> TTLCache | None:

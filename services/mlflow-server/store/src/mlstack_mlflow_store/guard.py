@@ -106,7 +106,21 @@ def _answer(status: int, message: str) -> Response:
 
 def _too_large(error: RequestEntityTooLarge) -> Response:
     family, name = _family(request.path)
+    _drain()
     return _answer(413, f"the request body is larger than {limit(name)} bytes, the limit for {family} ({name})")
+
+
+#: How much of a chunked body past the limit is read and dropped before the 413: a proxy in front
+#: (the TLS front) still sending it would otherwise see the connection close and answer 502.
+DRAIN_BYTES = 4 * MiB
+
+
+def _drain() -> None:
+    if request.content_length is not None:
+        return
+    stream, left = request.environ.get("wsgi.input"), DRAIN_BYTES
+    while stream is not None and left > 0 and (piece := stream.read(min(65536, left))):
+        left -= len(piece)
 
 
 def _family(path: str) -> tuple[str, str]:
