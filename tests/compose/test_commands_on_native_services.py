@@ -115,7 +115,8 @@ def run_one_shot(service: dict, environment: dict[str, str], home: Path) -> subp
     """The one-shot's command under the bootstrap image's entrypoint (`mlstack`), in a folder without
     .env (as in the image), with the service's environment alone."""
     home.mkdir()
-    env = {**environment, "HOME": str(home), "PATH": os.environ["PATH"], "COLUMNS": "200"}
+    env = {**{key: str(value) for key, value in environment.items()}, "HOME": str(home), "PATH": os.environ["PATH"]}
+    env["COLUMNS"] = "200"
     command = [sys.executable, "-m", "mlstack.cli", *service["command"]]
     return subprocess.Popen(command, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -130,16 +131,22 @@ def read_until(process: subprocess.Popen, text: str) -> str:
     raise AssertionError(f"the one-shot ended (rc {process.wait()}) without saying {text!r}:\n{''.join(seen)}")
 
 
-def test_database_bootstrap_waits_for_postgres_that_starts_on_its_socket_first(rendered, native, project, tmp_path):
-    runtime, tools, socket_folder = native
-    service = rendered["database-bootstrap"]
-    environment = {
+def database_bootstrap_env(service: dict, project: Settings, **changes: str) -> dict:
+    """The database-bootstrap service's environment, its `postgres` host the scratch PostgreSQL."""
+    return {
         **service["environment"],
         "MLSTACK_POSTGRES_HOST": "127.0.0.1",
         "POSTGRES_PORT": project.postgres_port,
+        **changes,
     }
+
+
+def test_database_bootstrap_waits_for_postgres_that_starts_on_its_socket_first(rendered, native, project, tmp_path):
+    runtime, tools, socket_folder = native
+    service = rendered["database-bootstrap"]
+    environment = database_bootstrap_env(service, project)
     start_postgres(runtime, tools, socket_folder, tcp=False)  # the image's first start: init scripts run
-    one_shot = run_one_shot(service, {k: str(v) for k, v in environment.items()}, tmp_path / "home")
+    one_shot = run_one_shot(service, environment, tmp_path / "home")
     try:
         read_until(one_shot, "waiting up to")
         stop_postgres(runtime)
@@ -160,14 +167,9 @@ def test_database_bootstrap_waits_for_postgres_that_starts_on_its_socket_first(r
 def test_database_bootstrap_refused_login_fails_at_once_naming_it(rendered, native, project, tmp_path):
     runtime, tools, socket_folder = native
     service = rendered["database-bootstrap"]
-    environment = {
-        **service["environment"],
-        "MLSTACK_POSTGRES_HOST": "127.0.0.1",
-        "POSTGRES_PORT": project.postgres_port,
-        "POSTGRES_PASSWORD": "not-the-password-of-this-server",
-    }
+    environment = database_bootstrap_env(service, project, POSTGRES_PASSWORD="not-the-password-of-this-server")
     start_postgres(runtime, tools, socket_folder, tcp=True)
-    one_shot = run_one_shot(service, {k: str(v) for k, v in environment.items()}, tmp_path / "home")
+    one_shot = run_one_shot(service, environment, tmp_path / "home")
     output, _ = one_shot.communicate(timeout=60)
     assert one_shot.returncode == 1 and "password authentication failed" in output, output
     assert "waiting up to" not in output
@@ -177,7 +179,7 @@ def test_storage_bootstrap_waits_for_the_object_store_to_start(rendered, native,
     runtime, tools, _ = native
     service = rendered["storage-bootstrap"]
     environment = {**service["environment"], "MLSTACK_MINIO_ENDPOINT": project.minio_url}
-    one_shot = run_one_shot(service, {k: str(v) for k, v in environment.items()}, tmp_path / "home")
+    one_shot = run_one_shot(service, environment, tmp_path / "home")
     try:
         read_until(one_shot, "waiting up to")
         runtime._start_minio(tools)
