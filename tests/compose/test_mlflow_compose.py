@@ -119,15 +119,23 @@ def test_server_options_come_from_env_and_match_the_native_runtime(compose_cli, 
 
 
 def test_request_guard_limits_come_from_env_and_match_the_native_runtime(compose_cli, generated_env):
-    from mlstack.runtime.native.runtime import GUARD_VARIABLES
+    from mlstack.runtime.native.runtime import GUARD_VARIABLES, tls_front_env
+    from mlstack.tls import TlsFiles
 
     update_env(generated_env, {"MLSTACK_MAX_REQUEST_BYTES": "2048", "MLSTACK_MAX_PAGE_SIZE": "77"})
-    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "--profile", "tls", "config", "--format", "json")
     assert result.returncode == 0, result.stderr
-    environment = json.loads(result.stdout)["services"]["mlflow"]["environment"]
-    native = mlflow_server_env(Settings.load(generated_env.parent))
-    assert {name: environment[name] for name in GUARD_VARIABLES} == {name: native[name] for name in GUARD_VARIABLES}
+    services = json.loads(result.stdout)["services"]
+    settings = Settings.load(generated_env.parent)
+    native = mlflow_server_env(settings)
+    assert {name: services["mlflow"]["environment"][name] for name in GUARD_VARIABLES} == {
+        name: native[name] for name in GUARD_VARIABLES
+    }
     assert native["MLSTACK_MAX_REQUEST_BYTES"] == "2048" and native["MLSTACK_MAX_PAGE_SIZE"] == "77"
+    # the TLS front lets no body past the largest limit through, on either runtime
+    front = tls_front_env(settings, TlsFiles(cert=Path("c"), key=Path("k"), ca=Path("a")))
+    largest = "MLSTACK_MAX_ARTIFACT_BYTES"
+    assert services["tls-proxy"]["environment"][largest] == front[largest] == native[largest]
 
 
 @pytest.mark.parametrize("value", ["true", "false"])

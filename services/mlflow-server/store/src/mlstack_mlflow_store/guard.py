@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,6 +92,8 @@ def check_request() -> Response | None:
     try:
         _check()
     except Refused as refused:
+        if refused.status == 413:
+            _drain()
         return _answer(refused.status, str(refused))
     return None
 
@@ -110,17 +113,17 @@ def _too_large(error: RequestEntityTooLarge) -> Response:
     return _answer(413, f"the request body is larger than {limit(name)} bytes, the limit for {family} ({name})")
 
 
-#: How much of a chunked body past the limit is read and dropped before the 413: a proxy in front
-#: (the TLS front) still sending it would otherwise see the connection close and answer 502.
-DRAIN_BYTES = 4 * MiB
+#: How long the rest of a refused body is read and dropped before the 413 goes out (nginx's
+#: lingering_time): a client or the TLS front still sending it then reads the answer, where a close
+#: with the body unread would reset the connection (Python's requests sees a broken connection, the
+#: front a 502). Memory stays at one piece; a body still arriving after this gets the 413 and a close.
+DRAIN_SECONDS = 30.0
 
 
 def _drain() -> None:
-    if request.content_length is not None:
-        return
-    stream, left = request.environ.get("wsgi.input"), DRAIN_BYTES
-    while stream is not None and left > 0 and (piece := stream.read(min(65536, left))):
-        left -= len(piece)
+    stream, deadline = request.environ.get("wsgi.input"), time.monotonic() + DRAIN_SECONDS
+    while stream is not None and time.monotonic() < deadline and stream.read(65536):
+        pass
 
 
 def _family(path: str) -> tuple[str, str]:
