@@ -18,9 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlstack_mlflow_store.launch import auth_config
+
 from mlstack.runtime.health import http_ok
 from mlstack.runtime.native.process import ManagedProcess, group_members
-from mlstack.runtime.native.runtime import auth_config, gunicorn_options, mlflow_server_env
+from mlstack.runtime.native.runtime import gunicorn_options, mlflow_server_env
 from mlstack.settings import Settings
 
 

@@ -294,11 +294,6 @@ class Settings(BaseSettings):
         """MLFLOW_PUBLIC_HOSTS as a list."""
         return [host.strip() for host in self.mlflow_public_hosts.split(",") if host.strip()]
 
-    @property
-    def mlflow_server_allowed_hosts(self) -> str:
-        """MLFLOW_ALLOWED_HOSTS plus each of MLFLOW_PUBLIC_HOSTS, with any port."""
-        return ",".join([self.mlflow_allowed_hosts, *(f"{host},{host}:*" for host in self.public_hosts)])
-
     def secrets(self, stack: StackName | None = None) -> dict[str, str]:
         """The secrets of `stack` (default: all) by their `.env` names, for validation; never print them."""
         fields = STACK_SECRET_FIELDS[stack] if stack else SECRET_FIELDS

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from mlstack_mlflow_store.launch import auth_config, prepare
 
 from mlstack.envfile import update_env
-from mlstack.runtime.native.runtime import auth_config, gunicorn_options, mlflow_server_env
+from mlstack.runtime.native.runtime import gunicorn_options, mlflow_server_command, mlflow_server_env
 from mlstack.settings import Settings
 from tests.compose.conftest import run_compose
 
@@ -194,47 +196,60 @@ def test_each_secret_reaches_only_the_services_that_use_it(compose_cli, generate
     )
 
 
-@pytest.fixture
-def entrypoint_run(tmp_path):
-    """Run the server image's entrypoint here, with a stand-in `mlflow` that prints what it was given."""
-    stand_in = tmp_path / "bin" / "mlflow"
-    stand_in.parent.mkdir()
-    stand_in.write_text(
-        '#!/bin/sh\necho "args: $*"\necho "hosts: $MLFLOW_SERVER_ALLOWED_HOSTS"\n'
-        'if [ -n "${MLFLOW_AUTH_CONFIG_PATH:-}" ]; then cat "$MLFLOW_AUTH_CONFIG_PATH"; fi\n'
-    )
-    stand_in.chmod(0o755)
-
-    def run(environment: dict[str, str]) -> subprocess.CompletedProcess:
-        env = {"PATH": f"{stand_in.parent}:/usr/bin:/bin", "HOME": str(tmp_path), **environment}
-        entrypoint = PROJECT_DIR / "services" / "mlflow-server" / "entrypoint.sh"
-        return subprocess.run(
-            ["sh", str(entrypoint), "mlflow", "server", "--port=5000"], env=env, capture_output=True, text=True
-        )
-
-    return run
+def launched(environment: dict[str, str], command: list[str]) -> tuple[list[str], dict[str, str], str | None]:
+    """What the server launcher would run, with which environment, writing which auth configuration."""
+    return prepare(command, {key: str(value) for key, value in environment.items()})
 
 
-def test_image_entrypoint_turns_on_auth_with_the_configuration_the_native_runtime_writes(
-    compose_cli, generated_env, entrypoint_run
-):
+def test_the_image_and_the_native_runtime_start_the_server_through_the_same_launcher(compose_cli, generated_env):
+    update_env(generated_env, {"MLFLOW_PUBLIC_HOSTS": "mlflow.example.com,10.0.0.7"})
     result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
-    environment = {
-        key: str(value) for key, value in json.loads(result.stdout)["services"]["mlflow"]["environment"].items()
-    }
-    started = entrypoint_run({**environment, "MLFLOW_PUBLIC_HOSTS": "mlflow.example.com,10.0.0.7"})
-    assert started.returncode == 0, started.stderr
-    args, hosts, *config = started.stdout.splitlines()
-    assert args == "args: server --port=5000 --app-name basic-auth"
-    assert hosts.endswith(",mlflow.example.com,mlflow.example.com:*,10.0.0.7,10.0.0.7:*")
+    service = json.loads(result.stdout)["services"]["mlflow"]
+    image_command, image_env, image_config = launched(service["environment"], service["command"])
     settings = Settings.load(generated_env.parent)
-    native_uri = settings.backend_store_uri(host="postgres", port=5432, with_password=False, database="mlflow_auth")
-    assert "\n".join(config) + "\n" == auth_config(native_uri, "READ", 30)
+    native = mlflow_server_command(settings)
+    launcher = native.index("mlstack_mlflow_store.launch")
+    native_command, native_env, native_config = launched(mlflow_server_env(settings), native[launcher + 1 :])
 
-    off = entrypoint_run({**environment, "MLFLOW_AUTH": "false"})
-    assert off.stdout.splitlines()[0] == "args: server --port=5000" and len(off.stdout.splitlines()) == 2
+    dockerfile = (PROJECT_DIR / "services" / "mlflow-server" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "mlstack_mlflow_store.launch"]' in dockerfile
+    assert native[launcher - 2 : launcher + 1] == [sys.executable, "-m", "mlstack_mlflow_store.launch"]
+    for command in (image_command, native_command):
+        assert command[1:4] == ["-m", "mlflow", "server"] and command[-2:] == ["--app-name", "basic-auth"]
+    for env in (image_env, native_env):
+        assert env["MLFLOW_SERVER_ALLOWED_HOSTS"].endswith(
+            ",mlflow.example.com,mlflow.example.com:*,10.0.0.7,10.0.0.7:*"
+        )
+    # the same configuration, each naming its own way to the database
+    uri = settings.backend_store_uri(host="postgres", port=5432, with_password=False, database="mlflow_auth")
+    assert image_config == auth_config(uri, "READ", 30)
+    assert native_config == auth_config(
+        image_env["MLFLOW_AUTH_DATABASE_URI"].replace("postgres:5432", f"127.0.0.1:{settings.postgres_port}"),
+        "READ",
+        30,
+    )
+
+    off_command, _, off_config = launched({**service["environment"], "MLFLOW_AUTH": "false"}, service["command"])
+    assert "--app-name" not in off_command and off_config is None
 
 
-def test_image_entrypoint_refuses_placeholder_auth_secrets(entrypoint_run):
-    refused = entrypoint_run({"MLFLOW_AUTH_ADMIN_PASSWORD": "__generate__"})
+def run_launcher(tmp_path, environment: dict[str, str], *command: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **environment}
+    return subprocess.run(
+        [sys.executable, "-m", "mlstack_mlflow_store.launch", *command], env=env, capture_output=True, text=True
+    )
+
+
+def test_the_launcher_refuses_a_placeholder_secret(tmp_path):
+    refused = run_launcher(tmp_path, {"MLFLOW_AUTH_ADMIN_PASSWORD": "__generate__"}, "mlflow", "server")
     assert refused.returncode == 64 and "MLFLOW_AUTH_ADMIN_PASSWORD holds a placeholder secret" in refused.stderr
+
+
+def test_the_launcher_writes_the_auth_configuration_private_then_runs_mlflow(tmp_path):
+    started = run_launcher(
+        tmp_path, {"MLFLOW_AUTH_DATABASE_URI": "postgresql+psycopg://u@h/db"}, "mlflow", "server", "--help"
+    )
+    assert started.returncode == 0 and "--app-name" in started.stdout, started.stderr
+    config = tmp_path / "basic_auth.ini"
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert "database_uri = postgresql+psycopg://u@h/db" in config.read_text()

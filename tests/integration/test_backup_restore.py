@@ -2,7 +2,7 @@
 metric points, artifacts, a registered model with an alias and a person's login; `mlstack backup`;
 `mlstack down`; every byte of state wiped (.env too); `mlstack up`; `mlstack restore`: everything is
 identical. Then: a backup taken while a tracker logs restores consistently, a damaged archive is
-refused before anything changes, `upgrade` rolls back a failing migration, `gc` frees what deleted
+refused before anything changes, `upgrade` rolls back a migration that really fails, `gc` frees what deleted
 runs held and nothing else."""
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from sklearn.linear_model import Ridge
 
 from mlstack.bootstrap.minio import root_s3
 from mlstack.envfile import read_env, update_env
-from mlstack.errors import BackupError
-from mlstack.maintenance.mlflow import upgrade_mlflow
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.settings import Settings
 from mlstack.tracking import ExperimentTracker, setup_mlflow
@@ -240,20 +238,46 @@ def test_a_backup_taken_while_a_tracker_logs_restores_consistently(project, roun
         assert any(key.startswith(prefix + "/") for key in keys), f"run {run.info.run_id} lost its artifact"
 
 
-def test_upgrade_restores_the_backup_when_the_migration_fails(project, round_trip, tmp_path, monkeypatch):
-    settings, _ = logged_in(project, monkeypatch)
+def schema_revisions() -> tuple[str, str]:
+    """The installed MLflow's newest schema revision and the one before it."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(mlflow.__file__).parent / "store" / "db_migrations"))
+    newest = ScriptDirectory.from_config(config).get_revision("head")
+    return newest.revision, newest.down_revision
+
+
+def schema_version(settings: Settings, set_to: str | None = None) -> str:
+    with psycopg.connect(settings.postgres_dsn(), autocommit=True) as connection:
+        if set_to is not None:
+            connection.execute("UPDATE alembic_version SET version_num = %s", (set_to,))
+        return connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+
+
+def test_an_upgrade_whose_migration_fails_restores_the_data_without_migrating_again(project, round_trip):
+    """A schema the migration cannot apply: the database says it predates MLflow's newest revision but
+    already holds that revision's tables, so `mlflow db upgrade` really fails (creating them). The
+    rollback restores the backup as it was (no second migration, which would fail the same way); the
+    server refuses the old schema and says so; once the cause is fixed the same command upgrades."""
+    settings = Settings.load(project)
     before = everything(settings)
-    runtime = NativeRuntime(settings, Console(stderr=True))
+    newest, previous = schema_revisions()
+    schema_version(settings, set_to=previous)
 
-    def migration_that_breaks_things() -> None:
-        with psycopg.connect(settings.postgres_dsn(), autocommit=True) as connection:
-            connection.execute("DROP TABLE metrics CASCADE")  # half done, not in a transaction
-        raise RuntimeError("alembic: column already exists")
-
-    with pytest.raises(BackupError, match="the stack was restored from .* and runs as before"):
-        upgrade_mlflow(settings, runtime, tmp_path, Console(stderr=True), migrate=migration_that_breaks_things)
+    failed = run_mlstack(project, "upgrade", "--runtime", "native")
+    said = " ".join((failed.stdout + failed.stderr).split())  # as read, whatever the terminal's width
+    assert failed.returncode != 0, said
+    assert "upgrade failed in the schema migration" in said and "already exists" in said, said
+    assert "restored from" in said and "does not start on that schema" in said, said
+    assert schema_version(settings) == previous, "the rollback migrated again"
     assert everything(settings) == before
-    assert all(service.healthy for service in runtime.status())
+
+    schema_version(settings, set_to=newest)  # the cause, fixed
+    ok(run_mlstack(project, "upgrade", "--runtime", "native"))
+    assert everything(settings) == before
+    assert all(service.healthy for service in NativeRuntime(settings, Console(stderr=True)).status())
 
 
 def test_mlstack_upgrade_backs_up_migrates_and_restarts(project, round_trip):

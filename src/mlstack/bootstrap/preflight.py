@@ -18,10 +18,11 @@ def require_mlflow_stack(
     command: str = "mlstack bootstrap",
     wait: float = 0.0,
     waiting: Callable[[str], None] = lambda message: None,
+    server: bool = True,
 ) -> None:
     """Raise StackNotReadyError naming the first service of the MLflow stack that does not answer
     (within `wait` seconds, `waiting` told once per service it waits for), and that `command` can
-    run once it does."""
+    run once it does. `server=False`: the stores only (an upgrade may find the server stopped)."""
     fix = f"start the stack with `make up` (`mlstack status` shows each service), then run `{command}` again"
     probes = [("MinIO", settings.minio_url, lambda: http_ok(f"{settings.minio_url}/minio/health/live"))]
     if not storage_only:
@@ -32,8 +33,9 @@ def require_mlflow_stack(
                 lambda: postgres_ok(settings.postgres_dsn()),
             ),
             *probes,
-            ("the MLflow server", settings.mlflow_url, lambda: http_ok(f"{settings.mlflow_url}/health")),
         ]
+        if server:
+            probes.append(("the MLflow server", settings.mlflow_url, lambda: http_ok(f"{settings.mlflow_url}/health")))
     for service, where, answers in probes:
         if not _answers_within(answers, wait, partial(waiting, f"{service}: waiting up to {wait:.0f} s at {where}")):
             raise StackNotReadyError(f"{service} does not answer at {where}: {fix}.")

@@ -20,7 +20,7 @@ def _stack_runtime(command: str, stack: StackName, runtime: RuntimeName | None):
 
     settings = project_settings()
     if stack == "mlflow":
-        require_mlflow_stack(settings, command=f"mlstack {command}")
+        require_mlflow_stack(settings, command=f"mlstack {command}", server=command != "upgrade")
     elif not http_ok(f"{settings.clearml_api_url}/debug.ping"):
         raise MlstackError(
             f"no ClearML apiserver answers at {settings.clearml_api_url}: start it with `make up STACK=clearml`"

@@ -5,14 +5,15 @@ dumped with pg_dump from a snapshot in which the rows are counted too, so the ma
 the dump's; then every object of the artifact bucket is copied, listed after the dumps, so every
 artifact a dumped run refers to is there. Restore goes onto a started stack that holds nothing
 (or, with `force`, replaces what it holds), after the archive checked whole; the counts are
-verified afterwards. Upgrade stops the server, backs up, migrates, and restores on failure.
+verified afterwards. Upgrade stops the server, backs up, migrates, and on failure restores the
+backup as it was, without migrating again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -29,7 +30,7 @@ from rich.table import Table
 from mlstack.bootstrap import run_steps
 from mlstack.bootstrap.database import DATABASE_STEPS
 from mlstack.bootstrap.minio import minio_admin, root_s3
-from mlstack.errors import BackupError
+from mlstack.errors import BackupError, ServiceStartError
 from mlstack.maintenance.archive import Manifest, read_archive, write_archive
 from mlstack.maintenance.bucket import bucket_objects, delete_objects
 from mlstack.runtime.base import MlflowStackRuntime
@@ -179,9 +180,15 @@ def is_empty(counts: dict[str, int]) -> bool:
 
 
 def restore_mlflow(
-    settings: Settings, runtime: MlflowStackRuntime, archive: Path, console: Console, force: bool = False
+    settings: Settings,
+    runtime: MlflowStackRuntime,
+    archive: Path,
+    console: Console,
+    force: bool = False,
+    migrate: bool = True,
 ) -> dict[str, int]:
-    """Restore `archive` onto the running stack (see the module docstring); returns the counts verified."""
+    """Restore `archive` onto the running stack (see the module docstring); returns the counts verified.
+    The server starts again in any case, on a schema brought up to date unless `migrate` is false."""
     with TemporaryDirectory(dir=settings.state_path, prefix=".restore-") as temporary:
         folder = Path(temporary)
         with console.status("checking the archive"):
@@ -203,28 +210,32 @@ def restore_mlflow(
             )
         runtime.stop_server()
         try:
-            for database in _databases(settings):
-                _recreate_database(settings, database)
-                with (folder / DUMPS / f"{database}.dump").open("rb") as dump:
-                    arguments = [
-                        "--no-owner",
-                        f"--role={settings.mlflow_db_user}",
-                        "--exit-on-error",
-                        "--dbname",
-                        database,
-                    ]
-                    runtime.postgres_client("pg_restore", arguments, stdin=dump)
-            run_steps(DATABASE_STEPS, settings, lambda result: None)
-            _replace_objects(settings, folder / OBJECTS, console)
-            if settings.mlflow_auth:
-                _reset_stack_logins(settings)
+            _restore_data(settings, runtime, folder, console)
         except Exception as error:
             raise BackupError(
                 f"restore from {archive} failed midway ({error}); the stack is partly restored: "
                 f"run `mlstack restore {archive} --force` again once the cause is fixed"
             ) from error
+        else:
+            return _verified(settings, manifest, archive)
         finally:
-            runtime.up()
+            runtime.start_server(migrate=migrate)
+
+
+def _restore_data(settings: Settings, runtime: MlflowStackRuntime, folder: Path, console: Console) -> None:
+    for database in _databases(settings):
+        _recreate_database(settings, database)
+        with (folder / DUMPS / f"{database}.dump").open("rb") as dump:
+            arguments = ["--no-owner", f"--role={settings.mlflow_db_user}", "--exit-on-error", "--dbname", database]
+            runtime.postgres_client("pg_restore", arguments, stdin=dump)
+    run_steps(DATABASE_STEPS, settings, lambda result: None)
+    _replace_objects(settings, folder / OBJECTS, console)
+    if settings.mlflow_auth:
+        _reset_stack_logins(settings)
+
+
+def _verified(settings: Settings, manifest: Manifest, archive: Path) -> dict[str, int]:
+    """The stack's counts, which must be the archive's."""
     restored = stack_counts(settings)
     differences = {
         key: (expected, restored.get(key)) for key, expected in manifest.counts.items() if restored.get(key) != expected
@@ -279,27 +290,33 @@ def print_counts(console: Console, title: str, counts: dict[str, int]) -> None:
     console.print(table)
 
 
-def upgrade_mlflow(
-    settings: Settings,
-    runtime: MlflowStackRuntime,
-    output: Path,
-    console: Console,
-    migrate: Callable[[], None] | None = None,
-) -> Path:
-    """Stop the server, back up, run the schema migration (`migrate`, default the runtime's), start it
-    again; when the migration fails, restore the backup and raise saying so. Returns the backup."""
+def upgrade_mlflow(settings: Settings, runtime: MlflowStackRuntime, output: Path, console: Console) -> Path:
+    """Stop the server, back up, run the schema migration, start the server again. When the migration
+    fails, restore the backup as it was (no second migration) and raise saying where the stack stands.
+    Returns the backup."""
     runtime.stop_server()
     archive = backup_mlflow(settings, runtime, output, console).path
     console.print(f"backup before the upgrade: {archive}")
     try:
-        (migrate or runtime.migrate)()
+        runtime.migrate()
     except Exception as error:  # noqa: BLE001 - any failure of the migration rolls back
         console.print(f"[red]the schema migration failed:[/] {error}")
         console.print(f"restoring {archive}")
-        restore_mlflow(settings, runtime, archive, console, force=True)
-        raise BackupError(
-            f"upgrade failed in the schema migration ({error}); the stack was restored from {archive} "
-            "and runs as before"
-        ) from None
-    runtime.up()
+        failed = f"upgrade failed in the schema migration ({_cause(error)})"
+        try:
+            restore_mlflow(settings, runtime, archive, console, force=True, migrate=False)
+        except ServiceStartError as refused:
+            raise BackupError(
+                f"{failed}; the data was restored from {archive} as it was before the upgrade, but MLflow "
+                f"{version('mlflow')} does not start on that schema ({refused}). Fix the cause and run "
+                "`mlstack upgrade` again, or go back to the mlstack release you upgraded from and run `mlstack up`"
+            ) from None
+        raise BackupError(f"{failed}; the stack was restored from {archive} and runs as before") from None
+    runtime.start_server(migrate=False)
     return archive
+
+
+def _cause(error: Exception) -> str:
+    """The line of a (multi-line) failure that names the error, else its last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return next((line for line in reversed(lines) if "Error" in line), lines[-1])

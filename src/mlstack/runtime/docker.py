@@ -199,8 +199,21 @@ class DockerRuntime:
         self.compose(*ALL_PROFILES, "kill", service)
 
     def stop_server(self) -> None:
-        """Stop the MLflow server (and the TLS front); `up` starts them again."""
+        """Stop the MLflow server (and the TLS front); the stores keep running."""
         self.compose(*ALL_PROFILES, "stop", "tls-proxy", "mlflow")
+
+    def start_server(self, migrate: bool = True) -> None:
+        """Run the migrate one-shot (unless `migrate` is false: the database stays as it is), then start
+        the MLflow server and, with MLFLOW_TLS, its TLS front, without touching the stores."""
+        if migrate:
+            self.migrate()
+        profiles = [option for profile in self.requested_profiles() for option in ("--profile", profile)]
+        services = ["mlflow", *(["tls-proxy"] if self.requested_profiles() else [])]
+        wait = ("--wait", "--wait-timeout", str(self.up_timeout))
+        try:
+            self.compose(*profiles, "up", "--detach", "--no-deps", *wait, *services, timeout=self.up_timeout)
+        except ServiceStartError as failure:
+            raise ServiceStartError(self.startup_report(str(failure))) from None
 
     def migrate(self) -> None:
         self.compose("run", "--rm", "migrate", timeout=self.up_timeout)

@@ -28,7 +28,6 @@ from rich.console import Console
 
 from mlstack.bootstrap import MINIO_STEPS, StepResult, run_steps
 from mlstack.bootstrap.database import DATABASE_STEPS
-from mlstack.envfile import write_private
 from mlstack.errors import BackupError, ConfigError, RuntimeUnavailableError, ServiceStartError
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.health import http_ok, postgres_ok, wait_until
@@ -99,10 +98,7 @@ class NativeRuntime:
         run_steps(DATABASE_STEPS, self.settings, self._report)
         self._start_minio(tools)
         run_steps(MINIO_STEPS, self.settings, self._report)
-        self._migrate()
-        self._start_mlflow()
-        if self.settings.mlflow_tls:
-            self._start_tls_front(tools)
+        self.start_server()
         return True
 
     def _report(self, result: StepResult) -> None:
@@ -142,12 +138,30 @@ class NativeRuntime:
         self.processes[service].kill()
 
     def stop_server(self) -> None:
-        """Stop the MLflow server (and the TLS front); the stores keep running. `up` starts them again."""
+        """Stop the MLflow server (and the TLS front); the stores keep running."""
         for name in ("tls-proxy", "mlflow"):
             self.processes[name].stop()
 
+    def start_server(self, migrate: bool = True) -> None:
+        """Bring the schema up to date (unless `migrate` is false: the database stays as it is), then
+        start the MLflow server and, with MLFLOW_TLS, its TLS front. The stores must be running."""
+        if migrate:
+            self.migrate()
+        self._start_mlflow()
+        if self.settings.mlflow_tls:
+            self._start_tls_front(find_tools(self.settings))
+
     def migrate(self) -> None:
-        self._migrate()
+        """`mlflow db upgrade`, the same one-shot step compose runs before the server starts."""
+        result = subprocess.run(
+            [sys.executable, "-m", "mlstack.runtime.migrate"],
+            env={**_base_env(), **self.settings.backend_store_env()},
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise ServiceStartError(f"database migration failed:\n{result.stderr[-3000:]}")
+        self.console.print("[green]✓[/] backend store schema is current")
 
     def postgres_client(
         self, program: str, args: list[str], stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
@@ -300,26 +314,12 @@ class NativeRuntime:
         )
         self._wait("minio", self._minio_healthy)
 
-    def _migrate(self) -> None:
-        """`mlflow db upgrade`, the same one-shot step compose runs before the server starts."""
-        result = subprocess.run(
-            [sys.executable, "-m", "mlstack.runtime.migrate"],
-            env={**_base_env(), **self.settings.backend_store_env()},
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise ServiceStartError(f"database migration failed:\n{result.stderr[-3000:]}")
-        self.console.print("[green]✓[/] backend store schema is current")
-
     def _start_mlflow(self) -> None:
         process = self.processes["mlflow"]
         if process.is_running():
             self._wait("mlflow", self._mlflow_healthy)
             return
         require_store_plugin(self.settings)
-        if self.settings.mlflow_auth:
-            write_auth_config(self.settings)
         process.start(mlflow_server_command(self.settings), env=mlflow_server_env(self.settings))
         self._wait("mlflow", self._mlflow_healthy)
 
@@ -353,12 +353,13 @@ def tls_front_env(settings: Settings, files: TlsFiles) -> dict[str, str]:
 
 
 def mlflow_server_command(settings: Settings) -> list[str]:
-    """The tracking server under gunicorn with threaded workers, behind MLflow's basic-auth app unless
-    MLFLOW_AUTH=false (services/mlflow-server/README.md: why, and the Host-header check)."""
-    auth = ["--app-name", "basic-auth"] if settings.mlflow_auth else []
+    """The tracking server under gunicorn with threaded workers, started by the image's launcher
+    (mlstack_mlflow_store.launch: the allowed hosts, and MLflow's basic-auth app unless MLFLOW_AUTH=false;
+    services/mlflow-server/README.md says why, and about the Host-header check)."""
     return [
         sys.executable,
         "-m",
+        "mlstack_mlflow_store.launch",
         "mlflow",
         "server",
         "--host",
@@ -371,7 +372,6 @@ def mlflow_server_command(settings: Settings) -> list[str]:
         str(settings.mlflow_workers),
         "--gunicorn-opts",
         gunicorn_options(settings),
-        *auth,
     ]
 
 
@@ -414,7 +414,9 @@ def mlflow_server_env(settings: Settings) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": settings.mlflow_s3_access_key,
         "AWS_SECRET_ACCESS_KEY": settings.mlflow_s3_secret_key.get_secret_value(),
         "AWS_DEFAULT_REGION": "us-east-1",
-        "MLFLOW_SERVER_ALLOWED_HOSTS": settings.mlflow_server_allowed_hosts,
+        "MLFLOW_SERVER_ALLOWED_HOSTS": settings.mlflow_allowed_hosts,
+        "MLFLOW_PUBLIC_HOSTS": settings.mlflow_public_hosts,
+        "MLFLOW_AUTH": str(settings.mlflow_auth).lower(),
         "MLSTACK_FAST_STORE": str(settings.mlstack_fast_store).lower(),
         "MLSTACK_FAST_ROUTES": str(settings.mlstack_fast_routes).lower(),
         **guard_env(settings),
@@ -438,40 +440,14 @@ def guard_env(settings: Settings) -> dict[str, str]:
     return {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in values.items()}
 
 
-#: The login check (services/mlflow-server/store: every worker sees a change at once).
-AUTHORIZATION_FUNCTION = "mlstack_mlflow_store.auth:authenticate_request_basic_auth"
-
-
-def auth_config(
-    database_uri: str, default_permission: str, cache_seconds: int, authorization_function: str = AUTHORIZATION_FUNCTION
-) -> str:
-    """MLflow's basic-auth configuration (an ini file; no secret in it: the admin's password comes from
-    the environment, the database password from PGPASSWORD). services/mlflow-server/entrypoint.sh
-    writes the same file in the image."""
-    return (
-        "[mlflow]\n"
-        f"default_permission = {default_permission}\n"
-        f"database_uri = {database_uri}\n"
-        f"authorization_function = {authorization_function}\n"
-        f"auth_cache_ttl_seconds = {cache_seconds}\n"
-    )
-
-
-def auth_config_path(settings: Settings) -> Path:
-    return settings.state_path / "mlflow" / "basic_auth.ini"
-
-
-def write_auth_config(settings: Settings) -> None:
-    """The auth app's configuration for the native server, in the state folder (0600)."""
-    database_uri = settings.backend_store_uri(with_password=False, database=settings.mlflow_auth_db)
-    config = auth_config(database_uri, settings.mlflow_auth_default_permission, settings.mlflow_auth_cache_seconds)
-    write_private(auth_config_path(settings), config)
-
-
 def auth_env(settings: Settings) -> dict[str, str]:
-    """The auth app's variables: its configuration file, the admin created on first start, the Flask key."""
+    """The auth app's variables: where the launcher writes its configuration and what goes in it, the
+    admin created on first start, the Flask key."""
     return {
-        "MLFLOW_AUTH_CONFIG_PATH": str(auth_config_path(settings)),
+        "MLFLOW_AUTH_CONFIG_PATH": str(settings.state_path / "mlflow" / "basic_auth.ini"),
+        "MLFLOW_AUTH_DATABASE_URI": settings.backend_store_uri(with_password=False, database=settings.mlflow_auth_db),
+        "MLFLOW_AUTH_DEFAULT_PERMISSION": settings.mlflow_auth_default_permission,
+        "MLFLOW_AUTH_CACHE_SECONDS": str(settings.mlflow_auth_cache_seconds),
         "MLFLOW_AUTH_ADMIN_USERNAME": settings.mlflow_auth_admin_username,
         "MLFLOW_AUTH_ADMIN_PASSWORD": settings.mlflow_auth_admin_password.get_secret_value(),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": settings.mlflow_flask_server_secret_key.get_secret_value(),
