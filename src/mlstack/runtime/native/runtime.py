@@ -1,4 +1,4 @@
-"""The native runtime: PostgreSQL, MinIO and the MLflow server as local processes.
+"""The native runtime: the MLflow stack's services (mlstack.stacks.mlflow) as local processes.
 
 Same versions and settings as the compose stack; state (data, logs, pid files) lives under the
 state folder, private to its owner (0700). Started processes run in their own sessions, so they
@@ -35,8 +35,13 @@ from mlstack.runtime.native.process import ManagedProcess
 from mlstack.runtime.native.tools import NativeTools, find_tools
 from mlstack.secrets import check_secrets
 from mlstack.settings import PACKAGED_CONF, Settings
+from mlstack.stacks.mlflow import MLFLOW_STACK
 from mlstack.tls import TlsFiles, ensure_certificate
 
+#: Every optional part of the stack (what down stops, whatever the settings say now).
+MLFLOW_PROFILES = ("tls",)
+#: PostgreSQL's fast shutdown (SIGTERM waits for every client to leave).
+STOP_SIGNALS = {"postgres": signal.SIGINT}
 #: The environment a service inherits from ours; everything else (root secrets above all) is left out.
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 #: The TLS front's configuration, shared with the compose stack's tls-proxy service.
@@ -79,40 +84,53 @@ class NativeRuntime:
         self.run_dir, self.log_dir = root / "run", root / "logs"
         self.postgres = postgres_layout(self.settings)
         self.processes = {
-            "postgres": ManagedProcess("postgres", self.run_dir, self.log_dir, stop_signal=signal.SIGINT),
-            "minio": ManagedProcess("minio", self.run_dir, self.log_dir),
-            "mlflow": ManagedProcess("mlflow", self.run_dir, self.log_dir),
-            "tls-proxy": ManagedProcess("tls-proxy", self.run_dir, self.log_dir),
+            service.name: ManagedProcess(
+                service.name, self.run_dir, self.log_dir, stop_signal=STOP_SIGNALS.get(service.name, signal.SIGTERM)
+            )
+            for service in MLFLOW_STACK.long_running(MLFLOW_PROFILES)
         }
+
+    def profiles(self) -> tuple[str, ...]:
+        """The optional parts the settings turn on: the TLS front with MLFLOW_TLS=true."""
+        return ("tls",) if self.settings.mlflow_tls else ()
 
     # --- the runtime interface ------------------------------------------------------------
 
     def up(self) -> bool:
+        """Start every service of the stack's definition in its order, one-shot steps included."""
         check_secrets(self.settings, "mlflow")
         tools = find_tools(self.settings)
         if all(service.healthy for service in self.status()):
             self.console.print("mlflow stack (native) is already running and healthy: nothing to do")
             return False
-        _private_folder(self.settings.state_path)
-        self._start_postgres(tools)
-        run_steps(DATABASE_STEPS, self.settings, self._report)
-        self._start_minio(tools)
-        run_steps(MINIO_STEPS, self.settings, self._report)
-        self.start_server()
+        start = {
+            "preflight": lambda: _private_folder(self.settings.state_path),
+            "postgres": lambda: self._start_postgres(tools),
+            "minio": lambda: self._start_minio(tools),
+            "storage-bootstrap": lambda: run_steps(MINIO_STEPS, self.settings, self._report),
+            "database-bootstrap": lambda: run_steps(DATABASE_STEPS, self.settings, self._report),
+            "migrate": self.migrate,
+            "mlflow": self._start_mlflow,
+            "tls-proxy": lambda: self._start_tls_front(tools),
+        }
+        for service in MLFLOW_STACK.start_order(self.profiles()):
+            start[service.name]()
         return True
 
     def _report(self, result: StepResult) -> None:
         self.console.print(f"  {result.step}: {result.outcome} ({result.detail})")
 
     def down(self) -> None:
-        for name in ("tls-proxy", "mlflow", "minio", "postgres"):
-            stopped = self.processes[name].stop()
-            if stopped or name != "tls-proxy" or self.settings.mlflow_tls:
-                self.console.print(f"{name}: {'stopped' if stopped else 'was not running'}")
+        """Stop every long-running service, the last started first."""
+        for service in reversed(MLFLOW_STACK.long_running(MLFLOW_PROFILES)):
+            stopped = self.processes[service.name].stop()
+            if stopped or service.profile is None or service.profile in self.profiles():
+                self.console.print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
 
     def status(self) -> list[ServiceStatus]:
         s = self.settings
-        probes = {
+        trust = "" if s.mlflow_tls_cert else f"; clients trust {s.state_path / 'tls' / 'ca.pem'}"
+        probes = {  # where it answers, whether it does, where to look
             "postgres": (
                 f"postgresql://127.0.0.1:{s.postgres_port}/{s.postgres_db}",
                 self._postgres_healthy,
@@ -120,17 +138,19 @@ class NativeRuntime:
             ),
             "minio": (s.minio_url, self._minio_healthy, f"data: {self.data_dir / 'minio'}"),
             "mlflow": (s.mlflow_url, self._mlflow_healthy, f"log: {self.processes['mlflow'].log_file}"),
+            "tls-proxy": (
+                tls_front_url(s),
+                self._tls_front_healthy,
+                f"log: {self.processes['tls-proxy'].log_file}{trust}",
+            ),
         }
-        if s.mlflow_tls:
-            trust = "" if s.mlflow_tls_cert else f"; clients trust {s.state_path / 'tls' / 'ca.pem'}"
-            where = f"log: {self.processes['tls-proxy'].log_file}{trust}"
-            probes["tls-proxy"] = (tls_front_url(s), self._tls_front_healthy, where)
         statuses = []
-        for name, (url, probe, where) in probes.items():
-            running = self.processes[name].is_running()
+        for service in MLFLOW_STACK.long_running(self.profiles()):
+            url, probe, where = probes[service.name]
+            running = self.processes[service.name].is_running()
             healthy = running and probe()
             state = "healthy" if healthy else "running, not answering" if running else "not running"
-            statuses.append(ServiceStatus(name, running, healthy, url, f"{state}; {where}"))
+            statuses.append(ServiceStatus(service.name, running, healthy, url, f"{state}; {where}"))
         return statuses
 
     def kill(self, service: str) -> None:

@@ -1,0 +1,74 @@
+"""The compose files against the stack definitions (mlstack.stacks), field by field: a service
+added, renamed, re-pinned or re-ordered in one and not the other fails here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlstack.stacks import Service, Stack
+from mlstack.stacks.clearml import CLEARML_STACK
+from mlstack.stacks.mlflow import MLFLOW_STACK
+
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+STACKS = {"mlflow": MLFLOW_STACK, "clearml": CLEARML_STACK}
+#: A probe named in a definition, and the program its compose health check runs.
+PROBES = {"postgres": "pg_isready", "mongo": "mongosh", "redis": "redis-cli"}
+#: "${BIND:-127.0.0.1}:${VARIABLE:-default}:container"
+PUBLISHED = re.compile(r"^\$\{[A-Z_]+:-[^}]*\}:\$\{(?P<variable>[A-Z_]+):-\d+\}:(?P<container>\d+)$")
+
+
+def compose_services(stack: str) -> dict[str, dict]:
+    return yaml.safe_load((INFRA / stack / "compose.yaml").read_text())["services"]
+
+
+def cases() -> list:
+    return [
+        pytest.param(stack, service, id=f"{stack}-{service.name}")
+        for stack, definition in STACKS.items()
+        for service in definition.services
+    ]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_each_compose_file_has_exactly_the_defined_services(stack):
+    assert set(compose_services(stack)) == {service.name for service in STACKS[stack].services}
+
+
+@pytest.mark.parametrize(("stack", "service"), cases())
+def test_each_service_is_composed_as_defined(stack: str, service: Service):
+    composed = compose_services(stack)[service.name]
+    assert composed["image"] == service.image
+    waits = composed.get("depends_on") or {}
+    assert set(waits) == set(service.waits_for)
+    for name, how in waits.items():
+        one_shot = STACKS[stack][name].one_shot
+        assert how["condition"] == ("service_completed_successfully" if one_shot else "service_healthy"), name
+    published = [PUBLISHED.match(port) for port in composed.get("ports", [])]
+    assert all(published), composed.get("ports")
+    assert [(match["variable"], int(match["container"])) for match in published] == [
+        (port.variable, port.container) for port in service.ports
+    ]
+    volumes = [volume.split(":")[0] for volume in composed.get("volumes", [])]
+    assert {volume for volume in volumes if re.fullmatch(r"[a-z][a-z0-9_-]*", volume)} == set(service.data)
+    assert composed.get("profiles") == ([service.profile] if service.profile else None)
+    assert composed.get("restart") == ("no" if service.one_shot else "unless-stopped")
+    check = " ".join(composed.get("healthcheck", {}).get("test", []))
+    if service.health is None:
+        assert not check
+    else:
+        assert PROBES.get(service.health, service.health) in check
+
+
+def test_a_service_cannot_wait_for_one_defined_after_it():
+    with pytest.raises(ValueError, match="b waits for \\['c'\\]"):
+        Stack("s", (Service("a", "a:1"), Service("b", "b:1", waits_for=("c",)), Service("c", "c:1")))
+
+
+def test_no_image_is_unpinned():
+    for definition in STACKS.values():
+        for service in definition.services:
+            assert ":" in service.image and not service.image.endswith(":latest"), service.image
