@@ -22,7 +22,7 @@ help:
 $(BIN)/.installed: pyproject.toml services/mlflow-server/store/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]' -e services/mlflow-server/store
+	$(BIN)/pip install --quiet -e '.[stack,test]' -e services/mlflow-server/store
 	@touch $@
 
 venv: $(BIN)/.installed

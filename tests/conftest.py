@@ -23,7 +23,7 @@ from rich.console import Console
 
 from mlstack.bootstrap import run_steps
 from mlstack.bootstrap.mlflow import CLIENT_STEPS
-from mlstack.envfile import update_env
+from mlstack.envfile import read_env, update_env
 from mlstack.errors import MissingToolError
 from mlstack.runtime.docker import engine_answers
 from mlstack.runtime.native.tools import find_tools
@@ -170,17 +170,28 @@ def mlflow_stack() -> Iterator[LiveStack]:
         stack = NativeStack(settings, console)
     stack.start()
     try:
-        # what `mlstack up` does next: the client settings and account in .env
+        # what `mlstack up` does next: the client settings and account in .env. The login stays there,
+        # not in this process's environment: each test gets it as a user's process does (see
+        # client_environment)
         run_steps(CLIENT_STEPS, settings, lambda result: None)
         stack.settings = Settings.load(settings.project_dir)
-        with pytest.MonkeyPatch.context() as patch:  # a plain mlflow client logs in as the account
-            patch.setenv("MLFLOW_TRACKING_USERNAME", stack.settings.mlflow_tracking_username)
-            patch.setenv("MLFLOW_TRACKING_PASSWORD", stack.settings.mlflow_tracking_password.get_secret_value())
-            yield stack
+        yield stack
     finally:
         stack.stop()
         stack.remove_data()
         shutil.rmtree(root, ignore_errors=True)
+
+
+#: What a plain mlflow client reads from its environment to reach and log in to the server.
+CLIENT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def client_environment(settings: Settings) -> dict[str, str]:
+    """The client variables as a user exports them from the project's .env for a plain mlflow script
+    (`set -a; . ./.env; set +a`): the URI and the client account `mlstack up` wrote there. mlstack's
+    library and CLI read them from .env themselves; a plain mlflow client gets them only this way."""
+    values = read_env(settings.env_file)
+    return {name: values[name] for name in CLIENT_VARIABLES}
 
 
 #: What the ClearML SDK reads from the environment, and the backends `mlstack.tracking.track` uses.

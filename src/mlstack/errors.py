@@ -51,3 +51,7 @@ class StackNotReadyError(MlstackError):
 
 class BackupError(MlstackError):
     """A backup, restore, upgrade or gc could not be done; nothing was left half-done (the message says)."""
+
+
+class CommandError(MlstackError):
+    """A command run where a service lives (`Runtime.exec`) failed; the message ends with its stderr."""

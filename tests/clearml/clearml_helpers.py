@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from mlstack.settings import Settings
+from mlstack.tracking import ClientSettings
 
 
 def free_port() -> int:
@@ -14,10 +14,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def make_settings(root: Path, **values) -> Settings:
-    """Settings for a scratch checkout at `root`; no ClearML credentials unless given."""
+def make_settings(root: Path, **values) -> ClientSettings:
+    """The library's settings for a scratch checkout at `root`; no ClearML credentials unless given."""
     root.mkdir(parents=True, exist_ok=True)
     (root / ".env.example").touch()
     values.setdefault("clearml_api_access_key", None)
     values.setdefault("clearml_api_secret_key", None)
-    return Settings(MLSTACK_PROJECT_DIR=root, MLSTACK_STATE_DIR=root / "state", _env_file=None, **values)
+    return ClientSettings(MLSTACK_PROJECT_DIR=root, MLSTACK_STATE_DIR=root / "state", _env_file=None, **values)

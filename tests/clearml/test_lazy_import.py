@@ -48,10 +48,28 @@ def test_clearml_names_import_from_mlstack_tracking_as_the_same_objects(name):
     )
 
 
-def test_clearml_names_are_listed_in_all():
-    import mlstack.tracking
+#: The part of the ClearML API mlstack.tracking leaves to mlstack.tracking.clearml (its docstring: the
+#: tracker, comparisons and errors are offered, the rest is imported from the subpackage): offline sync.
+LEFT_TO_THE_SUBPACKAGE = "mlstack.tracking.clearml.offline"
 
-    assert set(CLEARML_NAMES) <= set(mlstack.tracking.__all__)
+
+def test_the_clearml_names_in_all_are_what_the_clearml_subpackage_exports():
+    """Held to the subpackage itself: every name it exports, but offline sync's, is listed in
+    mlstack.tracking.__all__ and is the same object there; and CLEARML_NAMES, which the identity test
+    above runs over, are exactly those names."""
+    import mlstack.tracking
+    import mlstack.tracking.clearml as clearml
+
+    exported = {name: getattr(clearml, name) for name in clearml.__all__}
+    offered = {name for name, value in exported.items() if value.__module__ != LEFT_TO_THE_SUBPACKAGE}
+    listed = set(mlstack.tracking.__all__) & set(exported)
+    assert {"ClearMLTracker", "compare_models", "ClearMLConfigError"} <= offered
+    assert listed == offered
+    assert set(CLEARML_NAMES) == listed
+    for name in listed:
+        assert getattr(mlstack.tracking, name) is exported[name], name
+    unresolved = [name for name in mlstack.tracking.__all__ if not hasattr(mlstack.tracking, name)]
+    assert not unresolved, f"mlstack.tracking.__all__ lists names it does not have: {unresolved}"
     assert "ExperimentTracker" in mlstack.tracking.__all__
 
 

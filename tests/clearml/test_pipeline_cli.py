@@ -27,24 +27,30 @@ def project(tmp_path, monkeypatch):
     return settings
 
 
-def test_pipeline_commands_exist():
-    result = CliRunner().invoke(cli.app, ["clearml", "pipeline", "--help"])
-    assert result.exit_code == 0
-    for command in ("run", "monitor", "schedule"):
-        assert command in result.output
+#: Each pipeline command as a user types it, past its own arguments to where it needs the server.
+PIPELINE_COMMANDS = {
+    "run": ["run"],
+    "monitor": ["monitor", "pipe-1"],
+    "schedule": ["schedule", "--cron", "0 6 * * *", "--task-id", "pipe-1"],
+}
 
 
-def test_run_without_a_server_is_one_clear_line(project):
+@pytest.mark.parametrize("command", PIPELINE_COMMANDS.values(), ids=PIPELINE_COMMANDS.keys())
+def test_each_command_runs_and_without_a_server_says_so_in_one_clear_line(project, command):
+    """The command exists and runs (a missing one, or one refusing its arguments, exits 2 with usage)
+    up to the server it needs, and says in one line that there is none and what to do."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CLEARML_")}
     result = subprocess.run(
-        [sys.executable, "-m", "mlstack.cli", "clearml", "pipeline", "run"],
+        [sys.executable, "-m", "mlstack.cli", "clearml", "pipeline", *command],
         env={**env, "MLSTACK_PROJECT_DIR": str(project.project_dir), "COLUMNS": "250"},
         capture_output=True,
         text=True,
+        timeout=300,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 1
+    assert result.returncode == 1, output
     assert "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1, output
     assert output.startswith("error: This needs a ClearML server") and "make up" in output
 
 

@@ -9,6 +9,7 @@ the base image's business and is not run."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -63,6 +64,26 @@ def _program(dockerfile: Path, service: dict) -> str:
 
 
 BUILDS = compose_builds()
+#: What each image's commands import when they run (the CLI imports lazily: `--help` proves nothing).
+RUNS_ON = {
+    "services/bootstrap/Dockerfile": (
+        "mlstack.bootstrap.preflight",
+        "mlstack.bootstrap.database",
+        "mlstack.bootstrap.minio",
+        "mlstack.bootstrap.clearml",
+    ),
+    "services/mlflow-server/Dockerfile": (
+        "mlstack_mlflow_store.launch",
+        "mlstack_mlflow_store.wait_for_database",
+        "mlstack_mlflow_store.store",
+        "mlflow.server.auth",
+    ),
+    "infra/clearml/agent/Dockerfile": ("clearml_agent",),
+}
+
+
+def test_each_image_names_what_its_commands_import():
+    assert set(RUNS_ON) == {str(build) for build in BUILDS}
 
 
 def test_every_dockerfile_in_the_repository_is_built_by_a_compose_service():
@@ -118,11 +139,13 @@ def _copy(context: Path, words: list[str], root: Path) -> None:
 
 
 def _under(root: Path, word: str) -> str:
-    """`word`, with a path that a COPY put in the image pointing to its copy under `root`."""
+    """`word`, with a path that a COPY put in the image pointing to its copy under `root` (extras kept:
+    `/src[stack]`)."""
     key, equals, path = word.rpartition("=") if word.startswith("-") and "=" in word else ("", "", word)
+    path, extras = re.fullmatch(r"(.*?)(\[[\w,-]+\])?", path).groups()
     if path.startswith("/") and (root / path.lstrip("/")).exists():
         path = str(root / path.lstrip("/"))
-    return f"{key}{equals}{path}"
+    return f"{key}{equals}{path}{extras or ''}"
 
 
 @pytest.mark.parametrize("build", BUILDS, ids=str)
@@ -136,3 +159,5 @@ def test_install_steps_run_as_the_dockerfile_writes_them(build, tmp_path):
     assert check.returncode == 0, check.stdout
     copied = (tmp_path / "image" / "usr" / "local" / "bin" / build.program).exists()
     assert copied or (environment / "bin" / build.program).exists(), f"{build}: nothing installs {build.program}"
+    imported = subprocess.run([str(python), "-c", f"import {', '.join(RUNS_ON[str(build)])}"], capture_output=True)
+    assert imported.returncode == 0, f"{build}: {imported.stderr.decode()[-2000:]}"

@@ -5,7 +5,11 @@ database role cannot act as a superuser, and a server restart keeps users and pe
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,8 +19,7 @@ from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
 
 from mlstack.bootstrap.mlflow import MlflowUsers
-from mlstack.tracking import ExperimentTracker, setup_mlflow
-from tests.conftest import run_mlstack
+from tests.conftest import client_environment, run_mlstack, user_environment
 
 pytestmark = pytest.mark.integration
 
@@ -62,14 +65,36 @@ def people(mlflow_stack):
         run_mlstack(settings.project_dir, "user", "remove", name)
 
 
+def run_script(code: str, cwd: Path, env: dict[str, str]) -> str:
+    """`code` (dedented) as a user's script in a process of its own, in `cwd`, with exactly `env`; its
+    output (asserting it succeeded)."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 @pytest.fixture(scope="module")
-def shared_run(mlflow_stack):
-    """An experiment and a run the client account made (the session's environment logs in as it)."""
-    client = MlflowClient(mlflow_stack.tracking_uri)
-    experiment_id = client.create_experiment(f"auth-{uuid.uuid4().hex[:8]}")
-    run = client.create_run(experiment_id)
-    client.log_metric(run.info.run_id, "loss", 0.5)
-    return experiment_id, run.info.run_id
+def shared_run(mlflow_stack, tmp_path_factory):
+    """An experiment and a run the client account made: a plain mlflow script, run with what the
+    README says it needs exported from .env (the URI, the client account's login) and nothing else."""
+    home = tmp_path_factory.mktemp("plain-script-home")
+    env = {**user_environment(home), **client_environment(mlflow_stack.settings)}
+    output = run_script(
+        f"""
+        from mlflow import MlflowClient
+        client = MlflowClient()
+        experiment_id = client.create_experiment("auth-{uuid.uuid4().hex[:8]}")
+        run = client.create_run(experiment_id)
+        client.log_metric(run.info.run_id, "loss", 0.5)
+        print(experiment_id, run.info.run_id)
+        """,
+        home,
+        env,
+    )
+    experiment_id, run_id = output.split()[-2:]
+    return experiment_id, run_id
 
 
 @pytest.mark.parametrize(("method", "path"), ANONYMOUS_REQUESTS)
@@ -96,14 +121,25 @@ def test_the_client_account_logs_a_run_that_lands_in_postgres(mlflow_stack, shar
     assert rows == [("loss", 0.5)]
 
 
-def test_the_tracker_logs_10000_points_through_auth_and_loses_none(mlflow_stack):
-    setup_mlflow(f"auth-tracker-{uuid.uuid4().hex[:8]}", settings=mlflow_stack.settings)
-    with ExperimentTracker(run_name="10k through auth") as tracker:
-        for step in range(10_000):
-            tracker.log_metrics({"loss": 1 / (step + 1)}, step=step)
+def test_the_tracker_logs_10000_points_through_auth_and_loses_none(mlflow_stack, tmp_path):
+    """A user's script in the project folder, with no MLFLOW_* variable: the tracker finds the server
+    and the client login in .env."""
+    output = run_script(
+        f"""
+        from mlstack.tracking import ExperimentTracker, setup_mlflow
+        setup_mlflow("auth-tracker-{uuid.uuid4().hex[:8]}")
+        with ExperimentTracker(run_name="10k through auth") as tracker:
+            for step in range(10_000):
+                tracker.log_metrics({{"loss": 1 / (step + 1)}}, step=step)
+        print(tracker.run_id)
+        """,
+        mlflow_stack.settings.project_dir,
+        user_environment(tmp_path / "home"),
+    )
+    run_id = output.split()[-1]
     with mlflow_stack.pg_connect() as connection:
         (count,) = connection.execute(
-            "SELECT count(DISTINCT step) FROM metrics WHERE run_uuid = %s AND key = 'loss'", (tracker.run_id,)
+            "SELECT count(DISTINCT step) FROM metrics WHERE run_uuid = %s AND key = 'loss'", (run_id,)
         ).fetchone()
     assert count == 10_000
 

@@ -16,13 +16,18 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from mlstack.bootstrap import MLFLOW_STACK_STEPS, Outcome, run_steps
+from tests.conftest import client_environment
 from tests.stack import DockerStack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def client(mlflow_stack) -> MlflowClient:
+def client(mlflow_stack, monkeypatch) -> MlflowClient:
+    """A plain mlflow client, its environment (the URI and the client login) exported from .env as a
+    user does for a plain script; every client the test makes shares that environment."""
+    for name, value in client_environment(mlflow_stack.settings).items():
+        monkeypatch.setenv(name, value)
     return MlflowClient(tracking_uri=mlflow_stack.tracking_uri)
 
 
@@ -147,7 +152,9 @@ def test_server_answers_from_the_fast_store(mlflow_stack, client):
     client.log_metric(run_id, "loss", 0.5)
 
     assert client.get_run(run_id).data.metrics == {"loss": 0.5}
-    assert all(env.get("MLSTACK_FAST_STORE") == "true" for env in mlflow_stack.server_environments())
+    environments = mlflow_stack.server_environments()
+    assert environments, "no MLflow server process found"
+    assert all(env.get("MLSTACK_FAST_STORE") == "true" for env in environments)
     assert "search-runs use mlstack's PostgreSQL fast paths" in mlflow_stack.server_log()
     assert (
         "log-batch requests take mlstack's request-level path; search-runs answers use protojson"

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
+
+from tests.conftest import run_mlstack
 
 pytestmark = pytest.mark.integration
 
 
 def mlstack(settings, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLSTACK_PROJECT_DIR": str(settings.project_dir), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "mlstack.cli", *args], env=env, capture_output=True, text=True, timeout=300
-    )
+    """`mlstack ARGS` as a user runs it in the project folder: what it needs (the login too) from .env."""
+    return run_mlstack(settings.project_dir, *args, timeout=300)
 
 
 def test_status_reports_every_service_running_and_healthy(mlflow_stack):

@@ -16,11 +16,10 @@ from mlflow import MlflowClient
 from sklearn.linear_model import Ridge
 
 from mlstack.errors import ConfigError
-from mlstack.settings import Settings
-from mlstack.tracking import setup_mlflow
-from mlstack.tracking.mlflow.errors import TrackingError, TrackingInputError
+from mlstack.tracking import ClientSettings, Tracker, setup_mlflow
+from mlstack.tracking.errors import TrackingError, TrackingInputError
 from mlstack.tracking.mlflow.tracker import ExperimentTracker
-from mlstack.tracking.multi import MLflowBackend, MultiTracker, configured_backends, track
+from mlstack.tracking.multi import MultiTracker, configured_backends, track
 from tests.conftest import run_python
 
 POINTS = 200
@@ -28,10 +27,10 @@ FEATURES = pd.DataFrame({"x1": np.arange(20.0), "x2": np.arange(20.0) ** 0.5})
 TARGET = 3 * FEATURES["x1"] + 1
 
 
-def local_settings(root: Path, **values) -> Settings:
+def local_settings(root: Path, **values) -> ClientSettings:
     """A scratch project with no server anywhere: MLflow's local store, ClearML without credentials."""
     root.mkdir(parents=True, exist_ok=True)
-    return Settings(
+    return ClientSettings(
         MLSTACK_PROJECT_DIR=root,
         MLSTACK_STATE_DIR=root / "state",
         MLFLOW_TRACKING_URI=None,
@@ -49,11 +48,12 @@ def clearml_events(folder: Path, kind: str) -> list[dict]:
     return [event for line in path.read_text().splitlines() if line.strip() for event in json.loads(line)]
 
 
-class StandIn:
+class StandIn(Tracker):
     """A backend that records what it gets and raises ConnectionError on cue: at `fail_at` (a call name)
     once step `fail_from` is reached, as a backend whose server went away mid-run."""
 
-    input_errors: tuple[type[Exception], ...] = ()
+    input_errors = ()
+    run_id: str | None = None  # a plain attribute, set per instance
 
     def __init__(self, name: str = "stand-in", fail_at: str | None = None, fail_from: int = 0):
         self.name, self.fail_at, self.fail_from = name, fail_at, fail_from
@@ -69,6 +69,7 @@ class StandIn:
 
     def start(self):
         self._call("start")
+        return self
 
     def log_params(self, params):
         self._call("log_params")
@@ -83,14 +84,14 @@ class StandIn:
     def log_artifact(self, path, artifact_path=None):
         self._call("log_artifact")
 
-    def log_dataset(self, frame, name, source, context):
+    def log_dataset(self, frame, name, source, context="training"):
         self._call("log_dataset")
 
     def register_model(self, model, name, *, alias=None, metadata=None, input_example=None):
         self._call("register_model")
         return "1"
 
-    def child(self, run_name, tags):
+    def child(self, run_name, tags=None):
         self._call("child")
         return StandIn(f"{self.name}", self.fail_at, self.fail_from)
 
@@ -100,14 +101,14 @@ class StandIn:
 
 
 @pytest.fixture(scope="module")
-def local_mlflow(isolated_sdk, restore_mlflow_setup) -> Settings:
+def local_mlflow(isolated_sdk, restore_mlflow_setup) -> ClientSettings:
     settings = local_settings(isolated_sdk / "project")
     setup_mlflow("multi", settings=settings)
     return settings
 
 
 def mlflow_and(*others, run_name: str = "run") -> MultiTracker:
-    return MultiTracker(run_name, [MLflowBackend(ExperimentTracker("multi", run_name)), *others])
+    return MultiTracker(run_name, [ExperimentTracker("multi", run_name), *others])
 
 
 def mlflow_steps(run_id: str, key: str = "loss") -> list[int]:
@@ -124,7 +125,7 @@ def test_both_backends_are_on_unless_mlstack_trackers_names_fewer(tmp_path, monk
     assert configured_backends(local_settings(tmp_path)) == ("clearml", "mlflow")
     (tmp_path / ".env").write_text("MLSTACK_TRACKERS=mlflow\n")
     monkeypatch.delenv("MLSTACK_TRACKERS")
-    assert configured_backends(Settings.load(tmp_path)) == ("mlflow",), "from the project's .env"
+    assert configured_backends(ClientSettings.load(tmp_path)) == ("mlflow",), "from the project's .env"
 
 
 def test_an_unknown_backend_is_refused_naming_the_choices(tmp_path, monkeypatch):
@@ -137,11 +138,10 @@ def test_an_unknown_backend_is_refused_naming_the_choices(tmp_path, monkeypatch)
 def test_clearml_is_imported_only_when_its_backend_is_used(tmp_path):
     code = f"""
         import sys
-        from mlstack.settings import Settings
-        from mlstack.tracking import setup_mlflow
+        from mlstack.tracking import ClientSettings, setup_mlflow
         from mlstack.tracking.multi import track
         assert "clearml" not in sys.modules
-        settings = Settings(MLSTACK_PROJECT_DIR={str(tmp_path)!r}, MLFLOW_TRACKING_URI=None, _env_file=None)
+        settings = ClientSettings(MLSTACK_PROJECT_DIR={str(tmp_path)!r}, MLFLOW_TRACKING_URI=None, _env_file=None)
         setup_mlflow("lazy", settings=settings)
         with track("mlflow only", settings=settings, backends=["mlflow"]) as run:
             run.log_metrics({{"loss": 0.5}}, step=1)
@@ -157,10 +157,9 @@ def test_clearml_reports_from_a_thread_not_a_child_forked_beside_mlflows_flusher
     CI run hung so in the `both` fixture). The user's condition, in a fresh process: no child at all."""
     code = f"""
         import psutil
-        from mlstack.settings import Settings
-        from mlstack.tracking import setup_mlflow
+        from mlstack.tracking import ClientSettings, setup_mlflow
         from mlstack.tracking.multi import track
-        settings = Settings(
+        settings = ClientSettings(
             MLSTACK_PROJECT_DIR={str(tmp_path)!r}, MLFLOW_TRACKING_URI=None, _env_file=None,
             clearml_api_access_key=None, clearml_api_secret_key=None,
         )

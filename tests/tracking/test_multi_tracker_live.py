@@ -47,10 +47,10 @@ def test_clearml_failing_mid_run_leaves_every_point_in_mlflow(
     report.write_text("after the failure")
     original = ClearMLTracker.log_metrics
 
-    def reporter_dies(self, metrics, series, iteration=0):
-        if iteration >= fail_from:
+    def reporter_dies(self, metrics, step=0, **seeds_names):
+        if step >= fail_from:
             raise ConnectionError("the ClearML reporter died")
-        original(self, metrics, series, iteration)
+        original(self, metrics, step, **seeds_names)
 
     monkeypatch.setattr(ClearMLTracker, "log_metrics", reporter_dies)
     settings = mlflow_stack.settings

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import mlflow
 import pytest
 
 from mlstack.tracking import ExperimentTracker, setup_mlflow
 from mlstack.tracking.mlflow.errors import MetricsSpooledError
+from tests.conftest import run_mlstack
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +53,7 @@ def test_a_run_that_ends_while_the_server_is_down_is_ended_by_sync(mlflow_stack,
             "RUNNING",
         )
 
-    env = {**os.environ, "MLSTACK_PROJECT_DIR": str(mlflow_stack.settings.project_dir)}
-    sync = subprocess.run([sys.executable, "-m", "mlstack.cli", "sync"], env=env, capture_output=True, text=True)
+    sync = run_mlstack(mlflow_stack.settings.project_dir, "sync")  # as a user runs it: the login from .env
 
     assert sync.returncode == 0, sync.stdout + sync.stderr
     assert "ended 1 runs" in sync.stdout

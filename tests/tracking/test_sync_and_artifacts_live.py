@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,6 +11,7 @@ from mlflow import MlflowClient
 from mlstack.tracking import ExperimentTracker
 from mlstack.tracking.mlflow.presets import PROCESS_TAG, MLflowConversionTracker
 from mlstack.tracking.mlflow.spool import REJECTED_FOLDER, MetricSpool, read_spool, spool_folder, spool_run_end
+from tests.conftest import run_mlstack
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +25,9 @@ def test_mlstack_sync_replays_spooled_points_into_postgres_once(mlflow_stack, ex
     now = int(time.time() * 1000)
     spool = MetricSpool(spool_folder(mlflow_stack.settings), mlflow_stack.tracking_uri)
     spool.append((run_id, "recovered", float(step), now + step, step) for step in range(2500))
-    env = {**os.environ, "MLSTACK_PROJECT_DIR": str(mlflow_stack.settings.project_dir)}
 
-    first = subprocess.run([sys.executable, "-m", "mlstack.cli", "sync"], env=env, capture_output=True, text=True)
-    second = subprocess.run([sys.executable, "-m", "mlstack.cli", "sync"], env=env, capture_output=True, text=True)
+    first = run_mlstack(mlflow_stack.settings.project_dir, "sync")
+    second = run_mlstack(mlflow_stack.settings.project_dir, "sync")
 
     assert first.returncode == 0, first.stdout + first.stderr
     assert "sent 2500 spooled points" in first.stdout
@@ -53,10 +50,9 @@ def test_mlstack_sync_sets_aside_what_the_server_refuses_and_sends_the_rest(mlfl
     spool.append((run_id, "late", float(step), now + step, step) for run_id in (deleted, good) for step in range(1200))
     for run_id in (deleted, good):
         spool_run_end(folder, mlflow_stack.tracking_uri, run_id, "FINISHED", now + 5_000)
-    env = {**os.environ, "MLSTACK_PROJECT_DIR": str(mlflow_stack.settings.project_dir)}
 
-    first = subprocess.run([sys.executable, "-m", "mlstack.cli", "sync"], env=env, capture_output=True, text=True)
-    second = subprocess.run([sys.executable, "-m", "mlstack.cli", "sync"], env=env, capture_output=True, text=True)
+    first = run_mlstack(mlflow_stack.settings.project_dir, "sync")
+    second = run_mlstack(mlflow_stack.settings.project_dir, "sync")
 
     output = first.stdout + first.stderr
     assert first.returncode == 1, output

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from rich.console import Console
 
-from mlstack.errors import BackupError
+from mlstack.errors import BackupError, CommandError
 from mlstack.maintenance import clearml
 from mlstack.maintenance.clearml import SNAPSHOTS, snapshot_name, snapshot_name_problem
 
@@ -168,7 +168,7 @@ class FakeStack:
     def rendered_config(self) -> dict:
         return {"services": {"apiserver": {"image": "clearml/server:2.3.0"}}}
 
-    # --- `compose exec` ----------------------------------------------------------------------
+    # --- Runtime.exec (`compose exec`) -------------------------------------------------------
     def exec(self, service: str, command: list[str], stdin=None, stdout=None) -> str:
         if service == "elasticsearch" and command[0] == "curl":
             method, url = command[command.index("-X") + 1], command[command.index("-X") + 2]
@@ -216,14 +216,9 @@ class FakeStack:
 
 
 @pytest.fixture
-def stack(monkeypatch, tmp_path) -> FakeStack:
+def stack(tmp_path) -> FakeStack:
     fake = FakeStack(settings=type("S", (), {"state_path": tmp_path / "state"})())
     fake.settings.state_path.mkdir()
-    monkeypatch.setattr(
-        clearml,
-        "_exec",
-        lambda runtime, service, command, stdin=None, stdout=None: runtime.exec(service, command, stdin, stdout),
-    )
     return fake
 
 
@@ -310,7 +305,7 @@ def test_a_restore_that_fails_midway_brings_the_servers_back_and_says_so(stack, 
 
     def failing_mongorestore(service, command, stdin=None, stdout=None):
         if command[0] == "mongorestore":
-            raise BackupError("mongorestore: the disk is full")
+            raise CommandError("mongorestore: the disk is full")
         return exec_in_container(service, command, stdin, stdout)
 
     monkeypatch.setattr(stack, "exec", failing_mongorestore)

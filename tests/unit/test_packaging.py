@@ -1,18 +1,31 @@
 """An installed (non-editable) mlstack works without the source tree: what it reads at run time ships
-inside the package."""
+inside the package. The base install is the tracking library; its ClearML backend and the stacks are
+extras, each holding what its code imports."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
+import tomllib
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, packages_distributions, requires
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from mlstack.envfile import read_env
 
 REPO = Path(__file__).resolve().parents[2]
+SRC = REPO / "src"
+TRACKING = SRC / "mlstack" / "tracking"
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+EXTRAS = PROJECT["optional-dependencies"]
+#: Imported only for an object of that library the caller hands in (ClearMLTracker's DictConfig).
+CALLERS_OWN = {"omegaconf"}
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +68,68 @@ def test_installed_mlstack_init_writes_a_project_outside_any_checkout(installed,
     assert str(installed) in result.stdout.replace("\n", "")  # the template came from the installed package
     values = read_env(tmp_path / ".env")
     assert values["POSTGRES_USER"] == "postgres" and len(values["POSTGRES_PASSWORD"]) == 32
+
+
+def installed_by(requirements: Iterable[str]) -> set[str]:
+    """The distributions `requirements` install, theirs included (as their metadata here says); an
+    `mlstack[extra]` among them stands for that extra's requirements."""
+    todo, found = [Requirement(text) for text in requirements], set()
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name == "mlstack":
+            todo += [Requirement(text) for extra in requirement.extras for text in EXTRAS[extra]]
+            continue
+        if name in found:
+            continue
+        found.add(name)
+        try:
+            dependencies = [Requirement(text) for text in requires(name) or []]
+        except PackageNotFoundError:
+            continue
+        extras = {"", *requirement.extras}
+        todo += [
+            dependency
+            for dependency in dependencies
+            if dependency.marker is None or any(dependency.marker.evaluate({"extra": extra}) for extra in extras)
+        ]
+    return found
+
+
+def imported(folder: Path, leave_out: Path | None = None) -> set[str]:
+    """The distributions the modules under `folder` import (mlstack's own modules they import followed
+    in turn), but none under `leave_out`."""
+    todo, seen, modules = list(folder.rglob("*.py")), set(), set()
+    while todo:
+        path = todo.pop()
+        if path in seen or (leave_out and path.is_relative_to(leave_out)):
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] != "mlstack":
+                    modules.add(name.split(".")[0])
+                    continue
+                target = SRC.joinpath(*name.split("."))
+                todo += [file for file in (target.with_suffix(".py"), target / "__init__.py") if file.is_file()]
+    modules -= {*sys.stdlib_module_names, "__future__", *CALLERS_OWN}
+    owners = packages_distributions()
+    return {canonicalize_name(owners[module][0]) for module in modules}
+
+
+def test_the_base_install_is_the_tracking_library_and_the_rest_are_extras():
+    base = installed_by(PROJECT["dependencies"])
+    assert not base & {"clearml", "minio", "psycopg", "boto3", "flask-wtf"}, "the stack's or ClearML's in the base"
+    assert imported(TRACKING, leave_out=TRACKING / "clearml") <= base
+    assert imported(TRACKING / "clearml") <= installed_by([*PROJECT["dependencies"], "mlstack[clearml]"])
+    assert imported(SRC / "mlstack") <= installed_by([*PROJECT["dependencies"], "mlstack[stack]"])
+
+
+def test_make_venv_installs_the_stack_and_the_tests_extras():
+    assert "-e '.[stack,test]'" in (REPO / "Makefile").read_text()

@@ -20,17 +20,16 @@ Upgrades: the apiserver migrates MongoDB on start, but from 1.x it must pass 1.1
 from __future__ import annotations
 
 import json
-import subprocess
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from tempfile import TemporaryDirectory
 
 from packaging.version import Version
 from rich.console import Console
 
 from mlstack.errors import BackupError
-from mlstack.maintenance.archive import Manifest, read_archive, write_archive
-from mlstack.maintenance.mlflow import Backup
+from mlstack.maintenance.archive import Manifest
+from mlstack.maintenance.template import Backup, StackData
 from mlstack.runtime.docker import DockerRuntime
 
 SNAPSHOTS = "/tmp/mlstack-snapshots"  # path.repo in infra/clearml/compose.yaml
@@ -82,28 +81,9 @@ def upgrade_path_problem(data_version: str, target_version: str) -> str | None:
     return None
 
 
-def _exec(runtime: DockerRuntime, service: str, command: list[str], stdin=None, stdout=None) -> str:
-    """Run `command` in `service`'s container; its standard output as text unless `stdout` takes it."""
-    full = runtime.command("exec", "-T", service, *command)
-    result = subprocess.run(full, stdin=stdin, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE)
-    if result.returncode != 0:
-        raise BackupError(
-            f"`{' '.join(command[:3])}` in {service} failed: {result.stderr.decode(errors='replace')[-2000:]}"
-        )
-    return "" if stdout else result.stdout.decode()
-
-
 def _es(runtime: DockerRuntime, method: str, path: str, body: dict | None = None) -> dict:
     command = ["curl", "-fsS", "-X", method, f"{ES}{path}", "-H", "Content-Type: application/json"]
-    return json.loads(_exec(runtime, "elasticsearch", [*command, *(["-d", json.dumps(body)] if body else [])]) or "{}")
-
-
-def clearml_counts(runtime: DockerRuntime) -> dict[str, int]:
-    counts = json.loads(
-        _exec(runtime, "mongo", ["mongosh", "--quiet", "--eval", COUNT_SCRIPT]).strip().splitlines()[-1]
-    )
-    counts["events"] = int(_es(runtime, "GET", "/events-*/_count?allow_no_indices=true")["count"])
-    return counts
+    return json.loads(runtime.exec("elasticsearch", [*command, *(["-d", json.dumps(body)] if body else [])]) or "{}")
 
 
 #: A snapshot (and restore) of ClearML's indices alone: no cluster state, no feature states.
@@ -134,7 +114,7 @@ def _set_destructive_requires_name(runtime: DockerRuntime, value: bool | None) -
 def data_version(runtime: DockerRuntime) -> str:
     """The newest ClearML server version that ran on this MongoDB (the apiserver records it)."""
     script = 'print(db.getSiblingDB("backend").versions.find().toArray().map(v => v.num).join(","))'
-    versions = [v for v in _exec(runtime, "mongo", ["mongosh", "--quiet", "--eval", script]).split(",") if v.strip()]
+    versions = [v for v in runtime.exec("mongo", ["mongosh", "--quiet", "--eval", script]).split(",") if v.strip()]
     return str(max(Version(v.strip()) for v in versions)) if versions else "0.0.0"
 
 
@@ -147,85 +127,131 @@ def _versions(runtime: DockerRuntime) -> dict[str, str]:
     return {
         "clearml_server": server_version(runtime),
         "clearml_data": data_version(runtime),
-        "mongo": _exec(runtime, "mongo", ["mongosh", "--quiet", "--eval", "print(db.version())"]).strip(),
+        "mongo": runtime.exec("mongo", ["mongosh", "--quiet", "--eval", "print(db.version())"]).strip(),
         "elasticsearch": _es(runtime, "GET", "/")["version"]["number"],
     }
 
 
-def backup_clearml(runtime: DockerRuntime, output: Path, console: Console) -> Backup:
-    """One archive of the running ClearML stack in `output` (see the module docstring)."""
-    output.mkdir(parents=True, exist_ok=True, mode=0o700)  # when made here: private, like the archives
-    name = snapshot_name(datetime.now(UTC))
-    with TemporaryDirectory(dir=output, prefix=".mlstack-backup-") as temporary:
-        folder = Path(temporary)
-        versions, counts = _versions(runtime), clearml_counts(runtime)
+@dataclass
+class MongoData:
+    """Every task, project, model, queue, user and credential (`mongodump --archive --gzip`)."""
+
+    runtime: DockerRuntime
+    name: str = "mongo"
+
+    def dump(self, folder: Path, console: Console) -> dict[str, int]:
+        counts = self.counts()
         with console.status("dumping MongoDB"), (folder / "mongo.archive.gz").open("wb") as dump:
-            _exec(runtime, "mongo", ["mongodump", "--archive", "--gzip", "--quiet"], stdout=dump)
+            self.runtime.exec("mongo", ["mongodump", "--archive", "--gzip", "--quiet"], stdout=dump)
+        return counts
+
+    def restore(self, folder: Path, manifest: Manifest, console: Console) -> None:
+        with (folder / "mongo.archive.gz").open("rb") as dump:
+            self.runtime.exec("mongo", ["mongorestore", "--archive", "--gzip", "--drop", "--quiet"], stdin=dump)
+
+    def counts(self) -> dict[str, int]:
+        return json.loads(
+            self.runtime.exec("mongo", ["mongosh", "--quiet", "--eval", COUNT_SCRIPT]).strip().splitlines()[-1]
+        )
+
+
+@dataclass
+class ElasticsearchEvents:
+    """ClearML's indices, as a snapshot named after the backup (see the module docstring)."""
+
+    runtime: DockerRuntime
+    snapshot: str = ""
+    name: str = "elasticsearch"
+
+    def dump(self, folder: Path, console: Console) -> dict[str, int]:
+        counts, runtime = self.counts(), self.runtime
         with console.status("snapshotting Elasticsearch"):
-            _exec(runtime, "elasticsearch", ["rm", "-rf", SNAPSHOTS])
+            runtime.exec("elasticsearch", ["rm", "-rf", SNAPSHOTS])
             _fresh_repository(runtime)
             try:
-                _es(runtime, "PUT", f"/_snapshot/{REPOSITORY}/{name}?wait_for_completion=true", SNAPSHOT_BODY)
+                _es(runtime, "PUT", f"/_snapshot/{REPOSITORY}/{self.snapshot}?wait_for_completion=true", SNAPSHOT_BODY)
                 with (folder / "elasticsearch.tar").open("wb") as snapshot:
-                    _exec(runtime, "elasticsearch", ["tar", "-C", SNAPSHOTS, "-cf", "-", "."], stdout=snapshot)
+                    runtime.exec("elasticsearch", ["tar", "-C", SNAPSHOTS, "-cf", "-", "."], stdout=snapshot)
             finally:
                 _drop_repository(runtime)
-                _exec(runtime, "elasticsearch", ["rm", "-rf", SNAPSHOTS])
+                runtime.exec("elasticsearch", ["rm", "-rf", SNAPSHOTS])
+        return counts
+
+    def restore(self, folder: Path, manifest: Manifest, console: Console) -> None:
+        _restore_snapshot(self.runtime, folder / "elasticsearch.tar", manifest.versions["snapshot"])
+
+    def counts(self) -> dict[str, int]:
+        return {"events": int(_es(self.runtime, "GET", "/events-*/_count?allow_no_indices=true")["count"])}
+
+
+@dataclass
+class FileserverFiles:
+    """The fileserver's folder: artifacts, models and debug images."""
+
+    runtime: DockerRuntime
+    name: str = "fileserver"
+
+    def dump(self, folder: Path, console: Console) -> dict[str, int]:
         with console.status("copying the fileserver's files"), (folder / "fileserver.tar").open("wb") as files:
-            _exec(runtime, "fileserver", ["tar", "-C", FILESERVER, "-cf", "-", "."], stdout=files)
-        manifest = Manifest("clearml", datetime.now(UTC).isoformat(), versions | {"snapshot": name}, counts)
-        return Backup(write_archive(folder, manifest, output / f"{name}.tar"), manifest)
+            self.runtime.exec("fileserver", ["tar", "-C", FILESERVER, "-cf", "-", "."], stdout=files)
+        return {}
+
+    def restore(self, folder: Path, manifest: Manifest, console: Console) -> None:
+        # the fileserver alone: `start` would bring the apiserver up before the files are back
+        self.runtime.compose("up", "--detach", "--no-deps", "fileserver")
+        self.runtime.exec("fileserver", ["sh", "-c", f"rm -rf {FILESERVER}/* {FILESERVER}/.[!.]*"])
+        with (folder / "fileserver.tar").open("rb") as files:
+            self.runtime.exec("fileserver", ["tar", "-C", FILESERVER, "-xf", "-"], stdin=files)
+
+    def counts(self) -> dict[str, int]:
+        return {}
+
+
+#: What writes to the stores: stopped for a restore, started again after it.
+SERVERS = ("agent-services", "async_delete", "webserver", "apiserver", "fileserver")
+
+
+def clearml_data(runtime: DockerRuntime, snapshot: str = "") -> StackData:
+    def refusal(manifest: Manifest) -> str | None:
+        current = server_version(runtime)
+        problem = upgrade_path_problem(manifest.versions["clearml_data"], current)
+        return f"onto ClearML server {current}, {problem}" if problem else None
+
+    def holding(counts: dict[str, int]) -> str | None:
+        return f"{counts['tasks']} tasks, {counts['models']} models" if counts["tasks"] or counts["models"] else None
+
+    return StackData(
+        "clearml",
+        [MongoData(runtime), ElasticsearchEvents(runtime, snapshot), FileserverFiles(runtime)],
+        stop_servers=lambda: runtime.compose("--profile", "*", "stop", *SERVERS),
+        start_servers=runtime.up,
+        refusal=refusal,
+        holding=holding,
+    )
+
+
+def clearml_counts(runtime: DockerRuntime) -> dict[str, int]:
+    return clearml_data(runtime).counts()
+
+
+def backup_clearml(runtime: DockerRuntime, output: Path, console: Console) -> Backup:
+    """One archive of the running ClearML stack in `output` (see the module docstring)."""
+    name = snapshot_name(datetime.now(UTC))
+    versions = _versions(runtime) | {"snapshot": name}
+    return clearml_data(runtime, snapshot=name).backup(output, name, versions, console)
 
 
 def restore_clearml(runtime: DockerRuntime, archive: Path, console: Console, force: bool = False) -> dict[str, int]:
     """Restore `archive` onto the running ClearML stack: checked whole first, onto an empty stack unless
     `force`, the counts verified afterwards."""
-    with TemporaryDirectory(dir=runtime.settings.state_path, prefix=".restore-") as temporary:
-        folder = Path(temporary)
-        manifest = read_archive(archive, folder)
-        if manifest.stack != "clearml":
-            raise BackupError(f"{archive} is a backup of the {manifest.stack} stack, not of the ClearML stack")
-        current_server = server_version(runtime)
-        if problem := upgrade_path_problem(manifest.versions["clearml_data"], current_server):
-            raise BackupError(f"{archive} cannot be restored onto ClearML server {current_server}: {problem}")
-        current = clearml_counts(runtime)
-        if not force and (current["tasks"] or current["models"]):
-            raise BackupError(
-                f"the ClearML stack is not empty ({current['tasks']} tasks, {current['models']} models): restore "
-                "onto a freshly started stack, or pass --force to replace everything in it; nothing was changed"
-            )
-        servers = ("agent-services", "async_delete", "webserver", "apiserver", "fileserver")
-        runtime.compose("--profile", "*", "stop", *servers)
-        try:
-            with (folder / "mongo.archive.gz").open("rb") as dump:
-                _exec(runtime, "mongo", ["mongorestore", "--archive", "--gzip", "--drop", "--quiet"], stdin=dump)
-            _restore_snapshot(runtime, folder / "elasticsearch.tar", manifest.versions["snapshot"])
-            # the fileserver alone: `start` would bring the apiserver up before the files are back
-            runtime.compose("up", "--detach", "--no-deps", "fileserver")
-            _exec(runtime, "fileserver", ["sh", "-c", f"rm -rf {FILESERVER}/* {FILESERVER}/.[!.]*"])
-            with (folder / "fileserver.tar").open("rb") as files:
-                _exec(runtime, "fileserver", ["tar", "-C", FILESERVER, "-xf", "-"], stdin=files)
-        except Exception as error:
-            raise BackupError(
-                f"restore from {archive} failed midway ({error}); the stack is partly restored and running again: "
-                f"run `mlstack restore {archive} --force` once the cause is fixed"
-            ) from error
-        finally:
-            runtime.up()
-    restored = clearml_counts(runtime)
-    if differences := {
-        key: (value, restored.get(key)) for key, value in manifest.counts.items() if restored.get(key) != value
-    }:
-        listed = ", ".join(f"{key}: {got} instead of {expected}" for key, (expected, got) in differences.items())
-        raise BackupError(f"restored from {archive}, but the counts differ from the archive's: {listed}")
-    return restored
+    return clearml_data(runtime).restore(archive, runtime.settings.state_path, console, force)
 
 
 def _restore_snapshot(runtime: DockerRuntime, snapshot: Path, name: str) -> None:
     """ClearML's indices replaced by the archive's snapshot `name`; other indices are left alone."""
-    _exec(runtime, "elasticsearch", ["sh", "-c", f"rm -rf {SNAPSHOTS} && mkdir -p {SNAPSHOTS}"])
+    runtime.exec("elasticsearch", ["sh", "-c", f"rm -rf {SNAPSHOTS} && mkdir -p {SNAPSHOTS}"])
     with snapshot.open("rb") as archive:
-        _exec(runtime, "elasticsearch", ["tar", "-C", SNAPSHOTS, "-xf", "-"], stdin=archive)
+        runtime.exec("elasticsearch", ["tar", "-C", SNAPSHOTS, "-xf", "-"], stdin=archive)
     _fresh_repository(runtime)
     try:
         # Elasticsearch deletes by wildcard only when told to (persistent: a restart in between keeps it)
@@ -238,7 +264,7 @@ def _restore_snapshot(runtime: DockerRuntime, snapshot: Path, name: str) -> None
         _es(runtime, "POST", f"/_snapshot/{REPOSITORY}/{name}/_restore?wait_for_completion=true", body)
     finally:
         _drop_repository(runtime)
-        _exec(runtime, "elasticsearch", ["rm", "-rf", SNAPSHOTS])
+        runtime.exec("elasticsearch", ["rm", "-rf", SNAPSHOTS])
 
 
 def check_upgrade(runtime: DockerRuntime) -> str:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path, PurePosixPath
-from tempfile import TemporaryDirectory
 
 import psycopg
 from packaging.version import Version
@@ -31,8 +30,9 @@ from mlstack.bootstrap import run_steps
 from mlstack.bootstrap.database import DATABASE_STEPS
 from mlstack.bootstrap.minio import minio_admin, root_s3
 from mlstack.errors import BackupError, ServiceStartError
-from mlstack.maintenance.archive import Manifest, read_archive, write_archive
+from mlstack.maintenance.archive import Manifest
 from mlstack.maintenance.bucket import bucket_objects, delete_objects
+from mlstack.maintenance.template import Backup, StackData
 from mlstack.runtime.base import MlflowStackRuntime
 from mlstack.settings import Settings
 
@@ -56,10 +56,6 @@ OBJECTS = "objects"
 DUMPS = "postgres"
 
 
-def _databases(settings: Settings) -> tuple[str, str]:
-    return settings.postgres_db, settings.mlflow_auth_db
-
-
 @contextlib.contextmanager
 def _exported_snapshot(settings: Settings, database: str) -> Iterator[tuple[psycopg.Connection, str]]:
     """A repeatable-read transaction in `database` and its exported snapshot id (for pg_dump --snapshot)."""
@@ -77,16 +73,6 @@ def _row_counts(connection: psycopg.Connection, tables: tuple[str, ...]) -> dict
             query = sql.SQL("SELECT count(*) FROM public.{}").format(sql.Identifier(table))
             counts[table] = connection.execute(query).fetchone()[0]
     return counts
-
-
-def stack_counts(settings: Settings) -> dict[str, int]:
-    """What the running stack holds now: rows per table, auth users, objects and bytes in the bucket."""
-    with psycopg.connect(settings.postgres_dsn(), autocommit=True) as connection:
-        counts = _row_counts(connection, COUNTED_TABLES)
-    with psycopg.connect(settings.postgres_dsn(settings.mlflow_auth_db), autocommit=True) as connection:
-        counts |= {f"auth_{table}": n for table, n in _row_counts(connection, ("users",)).items()}
-    objects = list(bucket_objects(settings))
-    return counts | {"objects": len(objects), "object_bytes": sum(size for _, size in objects)}
 
 
 def _component_versions(settings: Settings) -> dict[str, str]:
@@ -122,51 +108,150 @@ def _progress(console: Console) -> Progress:
     )
 
 
-@dataclass(frozen=True)
-class Backup:
-    path: Path
-    manifest: Manifest
+def _counted(settings: Settings) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+    """Each database, the tables counted in it, and the prefix of their counts."""
+    return (settings.postgres_db, COUNTED_TABLES, ""), (settings.mlflow_auth_db, ("users",), "auth_")
 
 
-def backup_mlflow(
-    settings: Settings,
-    runtime: MlflowStackRuntime,
-    output: Path,
-    console: Console,
-    include_secrets: bool = False,
-) -> Backup:
-    """One archive of the running MLflow stack in `output` (see the module docstring)."""
-    output.mkdir(parents=True, exist_ok=True, mode=0o700)  # when made here: private, like the archives
-    destination = output / f"mlstack-mlflow-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.tar"
-    with TemporaryDirectory(dir=output, prefix=".mlstack-backup-") as temporary:
-        folder = Path(temporary)
+def database_counts(settings: Settings) -> dict[str, int]:
+    counts = {}
+    for database, tables, prefix in _counted(settings):
+        with psycopg.connect(settings.postgres_dsn(database), autocommit=True) as connection:
+            counts |= {f"{prefix}{table}": n for table, n in _row_counts(connection, tables).items()}
+    return counts
+
+
+@dataclass
+class MlflowDatabases:
+    """The backend store and the auth app's users: each dumped with pg_dump from an exported snapshot
+    in which its rows are counted too, so the counts are the dump's."""
+
+    settings: Settings
+    runtime: MlflowStackRuntime
+    name: str = "postgres"
+
+    def dump(self, folder: Path, console: Console) -> dict[str, int]:
         (folder / DUMPS).mkdir()
         counts: dict[str, int] = {}
-        versions = _component_versions(settings)
-        for database, tables, prefix in (
-            (settings.postgres_db, COUNTED_TABLES, ""),
-            (settings.mlflow_auth_db, ("users",), "auth_"),
-        ):
-            with console.status(f"dumping {database}"), _exported_snapshot(settings, database) as (connection, snap):
-                counts |= {f"{prefix}{table}": n for table, n in _row_counts(connection, tables).items()}
+        for database, tables, prefix in _counted(self.settings):
+            with console.status(f"dumping {database}"), _exported_snapshot(self.settings, database) as (rows, snap):
+                counts |= {f"{prefix}{table}": n for table, n in _row_counts(rows, tables).items()}
                 with (folder / DUMPS / f"{database}.dump").open("wb") as dump:
-                    runtime.postgres_client("pg_dump", ["--format=custom", f"--snapshot={snap}", database], stdout=dump)
-        objects = list(bucket_objects(settings))  # listed after the dumps: every artifact they refer to is here
-        s3 = root_s3(settings)
+                    self.runtime.exec(
+                        "postgres", ["pg_dump", "--format=custom", f"--snapshot={snap}", database], stdout=dump
+                    )
+        return counts
+
+    def restore(self, folder: Path, manifest: Manifest, console: Console) -> None:
+        s = self.settings
+        for database, _, _ in _counted(self.settings):
+            _recreate_database(s, database)
+            with (folder / DUMPS / f"{database}.dump").open("rb") as dump:
+                arguments = ["--no-owner", f"--role={s.mlflow_db_user}", "--exit-on-error", "--dbname", database]
+                self.runtime.exec("postgres", ["pg_restore", *arguments], stdin=dump)
+        run_steps(DATABASE_STEPS, s, lambda result: None)
+        if s.mlflow_auth:
+            _reset_stack_logins(s)
+
+    def counts(self) -> dict[str, int]:
+        return database_counts(self.settings)
+
+
+@dataclass
+class ArtifactBucket:
+    """Every object of the artifact bucket. Listed after the databases' dumps, so every artifact a
+    dumped run refers to is in the archive."""
+
+    settings: Settings
+    name: str = "bucket"
+
+    def dump(self, folder: Path, console: Console) -> dict[str, int]:
+        objects, s3 = list(bucket_objects(self.settings)), root_s3(self.settings)
         with _progress(console) as progress:
             task = progress.add_task(f"copying {len(objects)} objects", total=sum(size for _, size in objects))
             for key, size in objects:
                 target = folder / OBJECTS / _safe_key(key)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(settings.mlflow_artifact_bucket, key, str(target))
+                s3.download_file(self.settings.mlflow_artifact_bucket, key, str(target))
                 progress.advance(task, size)
-        counts |= {"objects": len(objects), "object_bytes": sum(size for _, size in objects)}
-        if include_secrets:
-            (folder / "secrets").mkdir()
-            (folder / "secrets" / ".env").write_bytes(settings.env_file.read_bytes())
-        manifest = Manifest("mlflow", datetime.now(UTC).isoformat(), versions, counts)
-        with console.status("writing the archive"):
-            return Backup(write_archive(folder, manifest, destination), manifest)
+        return {"objects": len(objects), "object_bytes": sum(size for _, size in objects)}
+
+    def restore(self, folder: Path, manifest: Manifest, console: Console) -> None:
+        _replace_objects(self.settings, folder / OBJECTS, console)
+
+    def counts(self) -> dict[str, int]:
+        objects = list(bucket_objects(self.settings))
+        return {"objects": len(objects), "object_bytes": sum(size for _, size in objects)}
+
+
+@dataclass
+class ProjectSecrets:
+    """The project's .env, in backups asked to include it (`--include-secrets`); a restore keeps the
+    stack's own .env (the archive's copy is for rebuilding a lost project by hand)."""
+
+    settings: Settings
+    name: str = "secrets"
+
+    def dump(self, folder: Path, console: Console) -> dict[str, int]:
+        (folder / "secrets").mkdir()
+        (folder / "secrets" / ".env").write_bytes(self.settings.env_file.read_bytes())
+        return {}
+
+    def restore(self, folder: Path, manifest: Manifest, console: Console) -> None:
+        pass
+
+    def counts(self) -> dict[str, int]:
+        return {}
+
+
+def mlflow_data(
+    settings: Settings, runtime: MlflowStackRuntime, migrate: bool = True, include_secrets: bool = False
+) -> StackData:
+    """The MLflow stack's data; a restore starts the server on a schema brought up to date unless
+    `migrate` is false."""
+    components = [MlflowDatabases(settings, runtime), ArtifactBucket(settings)]
+    return StackData(
+        "mlflow",
+        [*components, *([ProjectSecrets(settings)] if include_secrets else [])],
+        stop_servers=runtime.stop_server,
+        start_servers=lambda: runtime.start_server(migrate=migrate),
+        refusal=_newer_mlflow,
+        holding=_holding,
+    )
+
+
+def _newer_mlflow(manifest: Manifest) -> str | None:
+    archived, installed = manifest.versions.get("mlflow", "0"), version("mlflow")
+    if Version(archived) > Version(installed):
+        return (
+            f"it was taken with MLflow {archived}, newer than this stack's {installed}: "
+            "restore it with that mlstack version (or newer)"
+        )
+    return None
+
+
+def _holding(counts: dict[str, int]) -> str | None:
+    """What a started stack holds beyond a fresh one (the Default experiment), described; else None."""
+    if is_empty(counts):
+        return None
+    return (
+        f"{counts.get('runs', 0)} runs, {counts.get('experiments', 0)} experiments, "
+        f"{counts.get('registered_models', 0)} registered models, {counts.get('objects', 0)} objects"
+    )
+
+
+def stack_counts(settings: Settings) -> dict[str, int]:
+    """What the running stack holds now: rows per table, auth users, objects and bytes in the bucket."""
+    return database_counts(settings) | ArtifactBucket(settings).counts()
+
+
+def backup_mlflow(
+    settings: Settings, runtime: MlflowStackRuntime, output: Path, console: Console, include_secrets: bool = False
+) -> Backup:
+    """One archive of the running MLflow stack in `output` (see the module docstring)."""
+    name = f"mlstack-mlflow-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
+    data = mlflow_data(settings, runtime, include_secrets=include_secrets)
+    return data.backup(output, name, _component_versions(settings), console)
 
 
 def is_empty(counts: dict[str, int]) -> bool:
@@ -189,61 +274,7 @@ def restore_mlflow(
 ) -> dict[str, int]:
     """Restore `archive` onto the running stack (see the module docstring); returns the counts verified.
     The server starts again in any case, on a schema brought up to date unless `migrate` is false."""
-    with TemporaryDirectory(dir=settings.state_path, prefix=".restore-") as temporary:
-        folder = Path(temporary)
-        with console.status("checking the archive"):
-            manifest = read_archive(archive, folder)
-        if manifest.stack != "mlflow":
-            raise BackupError(f"{archive} is a backup of the {manifest.stack} stack, not of the MLflow stack")
-        archived, installed = manifest.versions.get("mlflow", "0"), version("mlflow")
-        if Version(archived) > Version(installed):
-            raise BackupError(
-                f"{archive} was taken with MLflow {archived}, newer than this stack's {installed}: "
-                "restore it with that mlstack version (or newer); nothing was changed"
-            )
-        current = stack_counts(settings)
-        if not force and not is_empty(current):
-            raise BackupError(
-                f"the stack is not empty ({current.get('runs', 0)} runs, {current.get('experiments', 0)} experiments, "
-                f"{current.get('registered_models', 0)} registered models, {current['objects']} objects): restore "
-                "onto a freshly started stack, or pass --force to replace everything in it; nothing was changed"
-            )
-        runtime.stop_server()
-        try:
-            _restore_data(settings, runtime, folder, console)
-        except Exception as error:
-            raise BackupError(
-                f"restore from {archive} failed midway ({error}); the stack is partly restored: "
-                f"run `mlstack restore {archive} --force` again once the cause is fixed"
-            ) from error
-        else:
-            return _verified(settings, manifest, archive)
-        finally:
-            runtime.start_server(migrate=migrate)
-
-
-def _restore_data(settings: Settings, runtime: MlflowStackRuntime, folder: Path, console: Console) -> None:
-    for database in _databases(settings):
-        _recreate_database(settings, database)
-        with (folder / DUMPS / f"{database}.dump").open("rb") as dump:
-            arguments = ["--no-owner", f"--role={settings.mlflow_db_user}", "--exit-on-error", "--dbname", database]
-            runtime.postgres_client("pg_restore", arguments, stdin=dump)
-    run_steps(DATABASE_STEPS, settings, lambda result: None)
-    _replace_objects(settings, folder / OBJECTS, console)
-    if settings.mlflow_auth:
-        _reset_stack_logins(settings)
-
-
-def _verified(settings: Settings, manifest: Manifest, archive: Path) -> dict[str, int]:
-    """The stack's counts, which must be the archive's."""
-    restored = stack_counts(settings)
-    differences = {
-        key: (expected, restored.get(key)) for key, expected in manifest.counts.items() if restored.get(key) != expected
-    }
-    if differences:
-        listed = ", ".join(f"{key}: {got} instead of {expected}" for key, (expected, got) in differences.items())
-        raise BackupError(f"restored from {archive}, but the counts differ from the archive's: {listed}")
-    return restored
+    return mlflow_data(settings, runtime, migrate=migrate).restore(archive, settings.state_path, console, force)
 
 
 def _recreate_database(settings: Settings, database: str) -> None:

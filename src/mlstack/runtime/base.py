@@ -31,7 +31,8 @@ class Runtime(Protocol):
 
 
 class MlflowStackRuntime(Runtime, Protocol):
-    """What backup, restore and upgrade need of the MLflow stack's runtime."""
+    """What backup, restore and upgrade need of the MLflow stack's runtime: its server stopped and
+    started, the schema migrated, a command run against a service as its administrator."""
 
     settings: Settings
 
@@ -41,6 +42,6 @@ class MlflowStackRuntime(Runtime, Protocol):
 
     def migrate(self) -> None: ...
 
-    def postgres_client(
-        self, program: str, args: list[str], stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
-    ) -> None: ...
+    def exec(
+        self, service: str, command: list[str], stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
+    ) -> str: ...

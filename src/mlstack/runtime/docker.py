@@ -10,7 +10,7 @@ from typing import IO
 
 from rich.console import Console
 
-from mlstack.errors import BackupError, RuntimeUnavailableError, ServiceStartError
+from mlstack.errors import CommandError, RuntimeUnavailableError, ServiceStartError
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.native.tools import find_compose
 from mlstack.secrets import check_secrets
@@ -218,13 +218,20 @@ class DockerRuntime:
     def migrate(self) -> None:
         self.compose("run", "--rm", "migrate", timeout=self.up_timeout)
 
-    def postgres_client(
-        self, program: str, args: list[str], stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
-    ) -> None:
-        """Run a PostgreSQL client program inside the postgres container, as the superuser (its password
-        from the container's own environment, never on a command line)."""
-        login = 'PGPASSWORD="$POSTGRES_PASSWORD" exec "$@" -h 127.0.0.1 -U "$POSTGRES_USER"'
-        full = self.command("exec", "-T", "postgres", "sh", "-c", login, "sh", program, *args)
-        result = subprocess.run(full, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=self._env())
+    def exec(
+        self, service: str, command: list[str], stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
+    ) -> str:
+        """Run `command` in `service`'s container, as the service's administrator (PostgreSQL: the
+        superuser, its password from the container's own environment, never on a command line); its
+        standard output as text unless `stdout` takes it."""
+        if service == "postgres":
+            login = 'PGHOST=127.0.0.1 PGUSER="$POSTGRES_USER" PGPASSWORD="$POSTGRES_PASSWORD" exec "$@"'
+            command = ["sh", "-c", login, "sh", *command]
+        full = self.command("exec", "-T", service, *command)
+        result = subprocess.run(
+            full, stdin=stdin, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, env=self._env()
+        )
         if result.returncode != 0:
-            raise BackupError(f"{program} failed: {result.stderr.decode(errors='replace')[-2000:]}")
+            said = result.stderr.decode(errors="replace")[-2000:]
+            raise CommandError(f"`{' '.join(command[:3])}` in {service} failed: {said}")
+        return "" if stdout else result.stdout.decode()

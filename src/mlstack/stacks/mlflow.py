@@ -4,7 +4,7 @@ tracking server, and its optional TLS front. infra/mlflow/compose.yaml runs the 
 from mlstack.stacks import Port, Service, Stack
 
 #: Our images (services/): the bootstrap steps (the `mlstack` CLI) and the tracking server with the store plugin.
-BOOTSTRAP_IMAGE = "mlstack/bootstrap:0.2.1"
+BOOTSTRAP_IMAGE = "mlstack/bootstrap:0.2.2"
 SERVER_IMAGE = "mlstack/mlflow-server:3.17.2-mlstack.6"
 
 MLFLOW_STACK = Stack(

@@ -1,28 +1,37 @@
 """mlstack.tracking: the experiment-tracking client library.
 
-The MLflow API is re-exported here (`from mlstack.tracking import ExperimentTracker`), and so are
-the ClearML tracker, comparisons and errors (`from mlstack.tracking import ClearMLTracker`). Those are
-loaded from `mlstack.tracking.clearml` on first access, so importing this package does not import
-the ClearML SDK; the rest of the ClearML API is imported from `mlstack.tracking.clearml`. `track`
-(`MultiTracker`) logs each call to both backends (`mlstack.tracking.multi`).
+`Tracker` (mlstack.tracking.base) is one run in one backend, in the signatures both backends
+implement: the MLflow tracker (`ExperimentTracker`, with the rest of the MLflow API re-exported here)
+and the ClearML tracker (`from mlstack.tracking import ClearMLTracker`). `track` (`MultiTracker`) logs
+each call to several backends (mlstack.tracking.multi). The library reads `ClientSettings` (the
+environment and the project's `.env`); errors of both backends live in mlstack.tracking.errors.
+
+The ClearML tracker and comparisons are loaded from `mlstack.tracking.clearml` on first access, so
+importing this package does not import the ClearML SDK; the rest of the ClearML API is imported from
+`mlstack.tracking.clearml`.
 """
 
 import importlib
 
+from mlstack.tracking.base import Tracker
+from mlstack.tracking.errors import ClearMLConfigError, ClearMLUnavailableError
 from mlstack.tracking.mlflow import *  # noqa: F403 - the public API is mlstack.tracking.mlflow.__all__
 from mlstack.tracking.mlflow import __all__ as _mlflow_names
-from mlstack.tracking.multi import MultiTracker, Tracker, track
+from mlstack.tracking.multi import MultiTracker, track
+from mlstack.tracking.settings import ClientSettings
 
-_CLEARML_NAMES = (
+_CLEARML_NAMES = ("ClearMLTracker", "compare_clearml_experiments", "compare_models", "compare_registered_models")
+
+__all__ = [
+    *_mlflow_names,
     "ClearMLConfigError",
-    "ClearMLTracker",
     "ClearMLUnavailableError",
-    "compare_clearml_experiments",
-    "compare_models",
-    "compare_registered_models",
-)
-
-__all__ = [*_mlflow_names, "MultiTracker", "Tracker", "track", *_CLEARML_NAMES]
+    "ClientSettings",
+    "MultiTracker",
+    "Tracker",
+    "track",
+    *_CLEARML_NAMES,
+]
 
 
 def __getattr__(name: str):

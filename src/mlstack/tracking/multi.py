@@ -1,5 +1,5 @@
-"""One tracker for both backends: the `Tracker` protocol, its MLflow and ClearML adapters, and
-`MultiTracker` (made by `track(...)`), which sends every call to each configured backend.
+"""One run in several backends: `MultiTracker` (made by `track(...)`) sends every call of the `Tracker`
+set (mlstack.tracking.base) to each of its trackers, one per configured backend.
 
 Which backends: MLSTACK_TRACKERS (comma-separated: mlflow, clearml). Unset, both are on, since each
 has somewhere to write without a server: MLflow writes to MLFLOW_TRACKING_URI or the local store
@@ -25,63 +25,24 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from tempfile import TemporaryDirectory
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from mlstack.errors import ConfigError
-from mlstack.settings import Settings
-from mlstack.tracking.mlflow.config import current_config
-from mlstack.tracking.mlflow.errors import TrackingError, TrackingInputError
-from mlstack.tracking.mlflow.registry import set_model_alias
-from mlstack.tracking.mlflow.tracker import ExperimentTracker, NestedRunTracker
+from mlstack.tracking.base import Status, Tracker
+from mlstack.tracking.errors import TrackingError
+from mlstack.tracking.mlflow.tracker import ExperimentTracker
+from mlstack.tracking.settings import ClientSettings
 
 if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["FINISHED", "FAILED", "KILLED"]
 BACKENDS = ("mlflow", "clearml")
 T = TypeVar("T")
 
 
-class Tracker(Protocol):
-    """What a backend does for one run. `input_errors` are the exceptions that mean bad input."""
-
-    name: str
-    input_errors: tuple[type[Exception], ...]
-
-    @property
-    def run_id(self) -> str | None: ...
-
-    def start(self) -> None: ...
-
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None: ...
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-
-    def log_dataset(self, frame: pd.DataFrame, name: str, source: str, context: str) -> None: ...
-
-    def register_model(
-        self,
-        model: Any,
-        name: str,
-        *,
-        alias: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        input_example: Any = None,
-    ) -> str: ...
-
-    def child(self, run_name: str, tags: Mapping[str, Any]) -> Tracker: ...
-
-    def end(self, status: Status = "FINISHED") -> None: ...
-
-
-def configured_backends(settings: Settings) -> tuple[str, ...]:
+def configured_backends(settings: ClientSettings) -> tuple[str, ...]:
     """The backends MLSTACK_TRACKERS names (comma-separated), in its order; unset or empty: all of them."""
     value = settings.trackers
     names = [part.strip().lower() for part in value.split(",") if part.strip()]
@@ -104,24 +65,27 @@ def track(
     run_name: str,
     experiment: str | None = None,
     tags: Mapping[str, Any] | None = None,
-    settings: Settings | None = None,
+    settings: ClientSettings | None = None,
     backends: Iterable[str] | None = None,
 ) -> MultiTracker:
     """A run in each backend (default: `configured_backends`), to use as `with track(...) as run:`.
 
-    MLflow logs where `setup_mlflow` pointed it (from Settings on first use), in `experiment` (default:
+    MLflow logs where `setup_mlflow` pointed it (from the settings on first use), in `experiment` (default:
     the configured one); ClearML logs to the project `experiment` (default: CLEARML_DEFAULT_PROJECT).
     """
-    settings = settings or Settings.load()
+    settings = settings or ClientSettings.load()
     names = check_backends(backends) if backends is not None else configured_backends(settings)
     tags = dict(tags or {})
-    adapters: list[Tracker] = []
+    trackers: list[Tracker] = []
     for name in names:
         if name == "mlflow":
-            adapters.append(MLflowBackend(ExperimentTracker(experiment, run_name, tags)))
+            trackers.append(ExperimentTracker(experiment, run_name, tags))
         else:
-            adapters.append(ClearMLBackend(run_name, experiment or settings.clearml_default_project, tags, settings))
-    return MultiTracker(run_name, adapters)
+            from mlstack.tracking.clearml.tracker import ClearMLTracker
+
+            config = {"clearml": {"project": experiment or settings.clearml_default_project}}
+            trackers.append(ClearMLTracker(config, run_name, tags=tags, settings=settings))
+    return MultiTracker(run_name, trackers)
 
 
 @dataclass
@@ -137,11 +101,12 @@ class BackendFailure:
 
 
 class MultiTracker:
-    """One run in several backends; each call goes to every backend that has not failed in this run."""
+    """One run in several backends, a `Tracker` each; each call goes to every backend that has not failed
+    in this run."""
 
     def __init__(self, run_name: str, backends: Iterable[Tracker], parent: MultiTracker | None = None):
         self.run_name = run_name
-        self._backends = {backend.name: backend for backend in backends}
+        self._backends = {backend.name: backend for backend in map(_checked, backends)}
         self._live = dict(self._backends)
         self._parent = parent
         self.failures: list[BackendFailure] = []
@@ -247,7 +212,7 @@ class MultiTracker:
         return tuple(self._live)
 
     def backend(self, name: str) -> Tracker | None:
-        """The adapter of backend `name` while it is live in this run, else None."""
+        """The tracker of backend `name` while it is live in this run, else None."""
         return self._live.get(name)
 
     @property
@@ -287,202 +252,7 @@ class MultiTracker:
                 self._parent._child_failed(failure)
 
 
-class MLflowBackend:
-    """`Tracker` over an `ExperimentTracker`: metrics keep its non-blocking pipeline (and its spool)."""
-
-    name = "mlflow"
-    input_errors: tuple[type[Exception], ...] = (TrackingInputError,)
-
-    def __init__(self, tracker: ExperimentTracker):
-        self.tracker = tracker
-
-    @property
-    def run_id(self) -> str | None:
-        return self.tracker.run_id
-
-    def start(self) -> None:
-        self.tracker.start_run()
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        self.tracker.log_params(dict(params))
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        self.tracker.log_metrics(dict(metrics), step)
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self.tracker.set_tags(dict(tags))
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.tracker.log_artifact(path, artifact_path)
-
-    def log_dataset(self, frame: pd.DataFrame, name: str, source: str, context: str) -> None:
-        import mlflow.data
-        from mlflow.entities import DatasetInput, InputTag
-        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-        dataset = mlflow.data.from_pandas(frame, source=source, name=name)
-        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-        current_config().client.log_inputs(self.tracker.run_id, datasets=[entry])
-
-    def register_model(
-        self,
-        model: Any,
-        name: str,
-        *,
-        alias: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        input_example: Any = None,
-    ) -> str:
-        info = self.tracker.log_model(model, name="model", input_example=input_example, registered_model_name=name)
-        version = str(info.registered_model_version)
-        client = current_config().client
-        for key, value in (metadata or {}).items():
-            client.set_model_version_tag(name, version, key, str(value))
-        if alias:
-            set_model_alias(name, alias, version)
-        return version
-
-    def child(self, run_name: str, tags: Mapping[str, Any]) -> MLflowBackend:
-        return MLflowBackend(NestedRunTracker(run_name, dict(tags)))
-
-    def end(self, status: Status = "FINISHED") -> None:
-        self.tracker.end_run(status)
-
-
-class RunEndedError(Exception):
-    """How a run that ended FAILED or KILLED without an exception is closed in ClearML."""
-
-
-class ClearMLBackend:
-    """`Tracker` over a `ClearMLTracker` (offline when no ClearML server answers).
-
-    Top-level metrics are graphs with one line named like the metric; a child run shares its parent's
-    task (see the module docstring).
-    """
-
-    name = "clearml"
-
-    def __init__(
-        self,
-        run_name: str,
-        project: str,
-        tags: Mapping[str, Any],
-        settings: Settings,
-        parent: ClearMLBackend | None = None,
-    ):
-        from mlstack.tracking.clearml.errors import ClearMLConfigError
-
-        self.input_errors: tuple[type[Exception], ...] = (ClearMLConfigError,)
-        self.run_name = run_name
-        self.project = project
-        self.tags = dict(tags)
-        self.settings = settings
-        self.parent = parent
-        self.tracker = parent.tracker if parent else None
-
-    @property
-    def run_id(self) -> str | None:
-        return self.tracker.task.id if self.tracker is not None and self.tracker.task is not None else None
-
-    @property
-    def offline(self) -> bool:
-        return self.tracker is not None and self.tracker.offline
-
-    def start(self) -> None:
-        if self.parent is not None:
-            if self.tags:
-                self._connect("tags", self.tags)
-            return
-        from mlstack.tracking.clearml.tracker import ClearMLTracker
-
-        cfg = {"clearml": {"project": self.project}}
-        tags = [f"{key}:{value}" for key, value in self.tags.items()]
-        tracker = ClearMLTracker(cfg, self.run_name, extra_tags=tags, settings=self.settings)
-        tracker.__enter__()
-        self.tracker = tracker
-
-    def _section(self, kind: str) -> str:
-        """Hyperparameter section of this run's `kind` of values (a child's are prefixed with its name)."""
-        return kind if self.parent is None else f"{self.run_name} {kind}"
-
-    def _connect(self, kind: str, values: Mapping[str, Any]) -> None:
-        self.tracker.connect_dict(self._section(kind), dict(values))
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        self._connect("params", params)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        if self.parent is not None:
-            self.tracker.log_metrics(metrics, series=self.run_name, iteration=step)
-            return
-        for key, value in metrics.items():
-            self.tracker.log_metrics({key: value}, series=key, iteration=step)
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if self.parent is not None:
-            self._connect("tags", tags)
-        else:
-            self.tracker.task.add_tags([f"{key}:{value}" for key, value in tags.items()])
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        name = "/".join(part for part in (self._prefix(), artifact_path, path.name) if part)
-        self.tracker.upload_artifact(name, path)
-
-    def _prefix(self) -> str | None:
-        return None if self.parent is None else self.run_name
-
-    def log_dataset(self, frame: pd.DataFrame, name: str, source: str, context: str) -> None:
-        import mlflow.data
-
-        version = {
-            "name": name,
-            "source": source,
-            "context": context,
-            "rows": len(frame),
-            "digest": mlflow.data.from_pandas(frame, source=source, name=name).digest,
-        }
-        if not self.offline:
-            from mlstack.tracking.clearml.datasets import create_dataset_version
-
-            with TemporaryDirectory() as folder:
-                path = Path(folder) / f"{name}.csv"
-                frame.to_csv(path, index=False)
-                version["clearml_dataset_id"] = create_dataset_version(
-                    name, self.project, [path], metadata=version, settings=self.settings
-                )
-        self._connect(f"dataset {name}", version)
-
-    def register_model(
-        self,
-        model: Any,
-        name: str,
-        *,
-        alias: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        input_example: Any = None,
-    ) -> str:
-        metadata = {**(metadata or {}), **({"alias": alias} if alias else {})}
-        if isinstance(model, str | Path):
-            return self.tracker.register_model(model, name, metadata)
-        import joblib
-
-        with TemporaryDirectory() as folder:
-            path = Path(folder) / f"{name}.joblib"
-            joblib.dump(model, path)
-            return self.tracker.register_model(path, name, metadata)
-
-    def child(self, run_name: str, tags: Mapping[str, Any]) -> ClearMLBackend:
-        return ClearMLBackend(run_name, self.project, tags, self.settings, parent=self)
-
-    def end(self, status: Status = "FINISHED") -> None:
-        if self.tracker is None:
-            return
-        if self.parent is not None:
-            if status != "FINISHED":
-                self.tracker.log_text(f"run {self.run_name!r} ended {status}")
-            return
-        if status == "FINISHED":
-            self.tracker.__exit__(None, None, None)
-        else:
-            error = RunEndedError(f"run {self.run_name!r} ended {status}")
-            self.tracker.__exit__(RunEndedError, error, None)
+def _checked(backend: Any) -> Tracker:
+    if not isinstance(backend, Tracker):
+        raise TypeError(f"{backend!r} is not a mlstack.tracking.Tracker: a MultiTracker composes Trackers")
+    return backend

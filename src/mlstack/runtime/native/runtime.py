@@ -28,7 +28,7 @@ from rich.console import Console
 
 from mlstack.bootstrap import MINIO_STEPS, StepResult, run_steps
 from mlstack.bootstrap.database import DATABASE_STEPS
-from mlstack.errors import BackupError, ConfigError, RuntimeUnavailableError, ServiceStartError
+from mlstack.errors import CommandError, ConfigError, RuntimeUnavailableError, ServiceStartError
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.health import http_ok, postgres_ok, wait_until
 from mlstack.runtime.native.process import ManagedProcess
@@ -183,24 +183,28 @@ class NativeRuntime:
             raise ServiceStartError(f"database migration failed:\n{result.stderr[-3000:]}")
         self.console.print("[green]✓[/] backend store schema is current")
 
-    def postgres_client(
-        self, program: str, args: list[str], stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
-    ) -> None:
-        """Run a PostgreSQL client program (pg_dump, pg_restore) against the stack, as the superuser."""
+    def exec(
+        self, service: str, command: list[str], stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
+    ) -> str:
+        """Run `command` against `service` as its administrator: here, PostgreSQL's client programs
+        (pg_dump, pg_restore) from its installation, as the superuser. Its standard output as text
+        unless `stdout` takes it."""
+        if service != "postgres":
+            raise ConfigError(f"the native runtime runs commands for postgres only, not for {service}")
         s = self.settings
-        command = [
-            str(find_tools(s).postgres_bin / program),
-            "-h",
-            s.postgres_host,
-            "-p",
-            str(s.postgres_port),
-            "-U",
-            s.postgres_user,
-        ]
-        env = {**_base_env(), "PGPASSWORD": s.postgres_password.get_secret_value()}
-        result = subprocess.run([*command, *args], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env)
+        env = {
+            **_base_env(),
+            "PGHOST": s.postgres_host,
+            "PGPORT": str(s.postgres_port),
+            "PGUSER": s.postgres_user,
+            "PGPASSWORD": s.postgres_password.get_secret_value(),
+        }
+        program = [str(find_tools(s).postgres_bin / command[0]), *command[1:]]
+        result = subprocess.run(program, stdin=stdin, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         if result.returncode != 0:
-            raise BackupError(f"{program} failed: {result.stderr.decode(errors='replace')[-2000:]}")
+            said = result.stderr.decode(errors="replace")[-2000:]
+            raise CommandError(f"`{' '.join(command[:3])}` for {service} failed: {said}")
+        return "" if stdout else result.stdout.decode()
 
     def server_pids(self) -> list[int]:
         """Every pid of the MLflow server's process group (main process, workers, job runners)."""

@@ -2,9 +2,9 @@
 scheduling, monitoring and offline sync."""
 
 from mlstack.tracking.clearml.compare import compare_clearml_experiments, compare_models, compare_registered_models
-from mlstack.tracking.clearml.errors import ClearMLConfigError, ClearMLUnavailableError
 from mlstack.tracking.clearml.offline import SyncReport, sync_offline_sessions
 from mlstack.tracking.clearml.tracker import ClearMLTracker
+from mlstack.tracking.errors import ClearMLConfigError, ClearMLUnavailableError
 
 __all__ = [
     "ClearMLConfigError",

@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 from clearml import Model, Task
 
-from mlstack.settings import Settings
 from mlstack.tracking.clearml.connection import require_server
-from mlstack.tracking.clearml.errors import ClearMLConfigError
+from mlstack.tracking.errors import ClearMLConfigError
+from mlstack.tracking.settings import ClientSettings
 
 PREFERRED_SERIES = "validation"
 
@@ -84,7 +84,7 @@ def _model_metadata(model: Model) -> dict:
 
 
 def compare_clearml_experiments(
-    project_name: str, metric_name: str = "val_rmse", series: str | None = None, settings: Settings | None = None
+    project_name: str, metric_name: str = "val_rmse", series: str | None = None, settings: ClientSettings | None = None
 ) -> pd.DataFrame:
     """One row per task of the project: id, name, status, tags, `metric_name` and every last scalar
     (as "graph/line" columns), sorted by `metric_name` ascending (tasks without it last).
@@ -98,7 +98,7 @@ def compare_clearml_experiments(
     NaN when a task reported no such line; ClearMLConfigError naming the candidates when several
     match and none is preferred.
     """
-    require_server(settings or Settings.load())
+    require_server(settings or ClientSettings.load())
     rows = []
     for task in Task.get_tasks(project_name=project_name):
         scalars = task.get_last_scalar_metrics()
@@ -119,12 +119,12 @@ def compare_clearml_experiments(
 
 
 def compare_registered_models(
-    model_name: str, project_name: str | None = None, max_results: int = 50, settings: Settings | None = None
+    model_name: str, project_name: str | None = None, max_results: int = 50, settings: ClientSettings | None = None
 ) -> pd.DataFrame:
     """One row per registered version of `model_name`, newest first, with its metadata as columns."""
     if max_results < 1:
         raise ClearMLConfigError(f"max_results must be at least 1, got {max_results}")
-    require_server(settings or Settings.load())
+    require_server(settings or ClientSettings.load())
     # query_models matches the name exactly and returns the newest first.
     models = Model.query_models(project_name=project_name, model_name=model_name, max_results=max_results)
     rows = [
@@ -148,7 +148,7 @@ def compare_models(
     top_n: int = 5,
     mode: str = "max",
     series: str | None = None,
-    settings: Settings | None = None,
+    settings: ClientSettings | None = None,
 ) -> pd.DataFrame:
     """The `top_n` registered models of the project by `metric_name` (from model metadata, else
     the producing task's last scalar, its line chosen as in `compare_clearml_experiments`);
@@ -157,7 +157,7 @@ def compare_models(
         raise ClearMLConfigError(f"mode must be 'max' or 'min', got {mode!r}")
     if top_n < 1:
         raise ClearMLConfigError(f"top_n must be at least 1, got {top_n}")
-    require_server(settings or Settings.load())
+    require_server(settings or ClientSettings.load())
     rows = []
     for model in Model.query_models(project_name=project_name):
         metadata = _model_metadata(model)

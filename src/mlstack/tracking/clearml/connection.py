@@ -3,62 +3,29 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import requests
 from clearml import OutputModel, Task
 
-from mlstack.settings import Settings
-from mlstack.tracking.clearml.errors import ClearMLUnavailableError
+from mlstack.tracking import environment
+from mlstack.tracking.errors import ClearMLUnavailableError
+from mlstack.tracking.settings import ClientSettings
 
 log = logging.getLogger(__name__)
 _announced_offline = False
 
 
-#: The SDK's switch for offline mode, and the values it takes as on.
-OFFLINE_MODE = "CLEARML_OFFLINE_MODE"
-_ON = {"1", "true", "yes", "y", "on"}
-#: Set by the SDK in a process that ran a task ("<pid>:<task id>"); Task.init in a process that
-#: inherited it from another hands out a stand-in that records nothing.
-_MASTER_IDS = ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID")
-
-
-def offline_requested() -> bool:
-    return os.environ.get(OFFLINE_MODE, "").strip().lower() in _ON
-
-
-def forget_inherited_master() -> None:
-    """Task.init in this process makes a task of its own: drop a master id another process left here
-    (the SDK keeps it in os.environ after a task closes, and every child inherits it)."""
-    for name in _MASTER_IDS:
-        owner = os.environ.get(name, "").partition(":")[0]
-        if owner and owner != str(os.getpid()):
-            del os.environ[name]
-
-
-def forget_closed_master() -> None:
-    """After this process's task closed, leave no master id for its children to inherit."""
-    for name in _MASTER_IDS:
-        if os.environ.get(name, "").partition(":")[0] == str(os.getpid()):
-            del os.environ[name]
-
-
 def _set_offline(offline: bool) -> None:
-    """The SDK's mode switch, without the mark it leaves in os.environ: that variable stays the user's
-    own (the SDK writes CLEARML_OFFLINE_MODE, which this process and its children would then read as
-    the user asking for offline mode)."""
-    before = os.environ.get(OFFLINE_MODE)
-    Task.set_offline(offline)
-    if before is None:
-        os.environ.pop(OFFLINE_MODE, None)
-    else:
-        os.environ[OFFLINE_MODE] = before
+    """The SDK's mode switch, without the mark it leaves in the environment (CLEARML_OFFLINE_MODE stays
+    the user's own)."""
+    with environment.clearml_offline_mode_kept():
+        Task.set_offline(offline)
 
 
-def server_problem(settings: Settings, timeout: float = 3.0) -> str | None:
+def server_problem(settings: ClientSettings, timeout: float = 3.0) -> str | None:
     """Why the configured ClearML server cannot be used, or None when it answers."""
-    if offline_requested():
-        return f"{OFFLINE_MODE} is set (the ClearML SDK's switch for offline mode)"
+    if environment.clearml_offline_requested():
+        return f"{environment.CLEARML_OFFLINE_MODE} is set (the ClearML SDK's switch for offline mode)"
     if not (settings.clearml_api_access_key and settings.clearml_api_secret_key):
         return (
             "no ClearML credentials are configured (CLEARML_API_ACCESS_KEY / CLEARML_API_SECRET_KEY, "
@@ -82,7 +49,7 @@ def report_in_process() -> None:
     Task._report_subprocess_enabled = False
 
 
-def use_server(settings: Settings) -> None:
+def use_server(settings: ClientSettings) -> None:
     """Send SDK calls to the configured server with the bootstrap-created client credentials."""
     report_in_process()
     Task.set_credentials(
@@ -96,14 +63,14 @@ def use_server(settings: Settings) -> None:
     _set_offline(False)
 
 
-def use_offline(settings: Settings, reason: str) -> None:
+def use_offline(settings: ClientSettings, reason: str) -> None:
     """Store sessions under the state folder (CLEARML_CACHE_DIR) and say so once per process.
 
     Models registered offline record the output destination, where sync uploads their weights."""
     global _announced_offline
     report_in_process()
     settings.clearml_offline_path.mkdir(parents=True, exist_ok=True)
-    os.environ["CLEARML_CACHE_DIR"] = str(settings.clearml_offline_path)
+    environment.use_clearml_cache(settings.clearml_offline_path)
     _set_offline(True)
     OutputModel.set_default_upload_uri(settings.clearml_output_destination)
     if not _announced_offline:
@@ -115,7 +82,7 @@ def use_offline(settings: Settings, reason: str) -> None:
         )
 
 
-def require_server(settings: Settings) -> None:
+def require_server(settings: ClientSettings) -> None:
     """Point the SDK at the server, or raise naming why it cannot be used and what to do."""
     problem = server_problem(settings)
     if problem:

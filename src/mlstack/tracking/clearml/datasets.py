@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 from clearml import Dataset
 
-from mlstack.settings import Settings
 from mlstack.tracking.clearml.connection import require_server
-from mlstack.tracking.clearml.errors import ClearMLConfigError
+from mlstack.tracking.errors import ClearMLConfigError
+from mlstack.tracking.settings import ClientSettings
 
 _VERSION_COLUMNS = ["id", "name", "version", "created", "tags"]
 
@@ -45,7 +45,7 @@ def create_dataset_version(
     files: list[str | Path],
     version: str | None = None,
     metadata: Mapping[str, Any] | None = None,
-    settings: Settings | None = None,
+    settings: ClientSettings | None = None,
 ) -> str:
     """Upload `files` (files or folders) as a new, finalized version; returns the dataset id.
 
@@ -57,7 +57,7 @@ def create_dataset_version(
         raise ClearMLConfigError(
             f"dataset {dataset_name!r}: files {missing or files} do not exist: pass existing paths"
         )
-    require_server(settings or Settings.load())
+    require_server(settings or ClientSettings.load())
     newest = _versions_newest_first(dataset_project, dataset_name)[:1]
     dataset = Dataset.create(
         dataset_name=dataset_name,
@@ -75,20 +75,20 @@ def create_dataset_version(
 
 
 def get_dataset_version(
-    dataset_name: str, dataset_project: str, version: str | None = None, settings: Settings | None = None
+    dataset_name: str, dataset_project: str, version: str | None = None, settings: ClientSettings | None = None
 ) -> Path:
     """A read-only local copy of that version (newest when `version` is None)."""
-    require_server(settings or Settings.load())
+    require_server(settings or ClientSettings.load())
     dataset = Dataset.get(dataset_name=dataset_name, dataset_project=dataset_project, dataset_version=version)
     return Path(dataset.get_local_copy())
 
 
 def list_dataset_versions(
-    dataset_project: str, dataset_name: str | None = None, settings: Settings | None = None
+    dataset_project: str, dataset_name: str | None = None, settings: ClientSettings | None = None
 ) -> pd.DataFrame:
     """Completed versions in the project (of `dataset_name` only, when given), newest first by
     creation time: id, name, version, created, tags."""
-    require_server(settings or Settings.load())
+    require_server(settings or ClientSettings.load())
     rows = [
         {key: entry.get(key) for key in _VERSION_COLUMNS}
         for entry in _versions_newest_first(dataset_project, dataset_name)

@@ -1,21 +1,5 @@
-"""Errors of the ClearML client library: each names the value and what to do."""
+"""The ClearML client's errors, under their old import path: they live in mlstack.tracking.errors."""
 
-from __future__ import annotations
+from mlstack.tracking.errors import ClearMLConfigError, ClearMLSyncError, ClearMLUnavailableError, ClearMLUploadError
 
-from mlstack.errors import MlstackError
-
-
-class ClearMLConfigError(MlstackError, ValueError):
-    """An argument or configuration value is unusable."""
-
-
-class ClearMLUnavailableError(MlstackError):
-    """The operation needs a ClearML server and none is configured or answering."""
-
-
-class ClearMLUploadError(MlstackError):
-    """Model weights could not be uploaded to the output destination."""
-
-
-class ClearMLSyncError(MlstackError):
-    """An offline session was not imported completely; the next sync imports it again."""
+__all__ = ["ClearMLConfigError", "ClearMLSyncError", "ClearMLUnavailableError", "ClearMLUploadError"]

@@ -30,10 +30,10 @@ from uuid import uuid4
 from clearml import Task
 
 from mlstack.envfile import write_private
-from mlstack.settings import Settings
 from mlstack.tracking.clearml.connection import require_server
-from mlstack.tracking.clearml.errors import ClearMLConfigError, ClearMLSyncError
 from mlstack.tracking.clearml.registry import set_typed_metadata
+from mlstack.tracking.errors import ClearMLConfigError, ClearMLSyncError
+from mlstack.tracking.settings import ClientSettings
 
 #: Tag carried by tasks whose block raised; offline sessions keep it so `sync` can mark them failed.
 FAILED_TAG = "mlstack:failed"
@@ -97,7 +97,7 @@ def _is_held(lock_file: Path) -> bool:
     return False
 
 
-def sessions_dir(settings: Settings) -> Path:
+def sessions_dir(settings: ClientSettings) -> Path:
     return settings.clearml_offline_path / "offline"
 
 
@@ -105,7 +105,7 @@ def marker_path(folder: Path, session_id: str) -> Path:
     return folder / (session_id + SYNCED_SUFFIX)
 
 
-def scan_sessions(settings: Settings) -> tuple[list[OfflineSession], list[str]]:
+def scan_sessions(settings: ClientSettings) -> tuple[list[OfflineSession], list[str]]:
     """Sessions without a sync marker, oldest first, and the ids of those still being written.
 
     A session is closed when its zip exists; a folder without a zip is abandoned when no tracker
@@ -132,12 +132,12 @@ def scan_sessions(settings: Settings) -> tuple[list[OfflineSession], list[str]]:
     return sessions, sorted(still_open)
 
 
-def pending_sessions(settings: Settings) -> list[OfflineSession]:
+def pending_sessions(settings: ClientSettings) -> list[OfflineSession]:
     """Sessions to upload (closed or abandoned, without a sync marker), oldest first."""
     return scan_sessions(settings)[0]
 
 
-def _repair(folder: Path, task_data: dict, settings: Settings) -> None:
+def _repair(folder: Path, task_data: dict, settings: ClientSettings) -> None:
     """Make the copied session importable by the SDK 2.1.12, exactly once, with its weights uploaded.
 
     - Offline, the SDK records a model's configuration twice (`config_text` and `config_dict`);
@@ -162,7 +162,7 @@ def _repair(folder: Path, task_data: dict, settings: Settings) -> None:
 
 
 @contextmanager
-def _repaired_copy(session: OfflineSession, settings: Settings) -> Iterator[tuple[Path, dict]]:
+def _repaired_copy(session: OfflineSession, settings: ClientSettings) -> Iterator[tuple[Path, dict]]:
     """A temporary copy of the session, repaired; yields its folder and the original task.json."""
     with TemporaryDirectory(prefix="mlstack-clearml-sync-") as scratch:
         folder = Path(scratch) / session.id
@@ -213,7 +213,7 @@ def _finish(task_id: str, original: dict, closed: bool) -> None:
         task.mark_failed(status_reason=reason, status_message=reason, force=True)
 
 
-def import_session(session: OfflineSession, settings: Settings) -> str:
+def import_session(session: OfflineSession, settings: ClientSettings) -> str:
     """Upload one session with the SDK (once per server); returns the server's task id."""
     with _repaired_copy(session, settings) as (folder, original):
         earlier = _imported_task(original["id"])
@@ -223,7 +223,7 @@ def import_session(session: OfflineSession, settings: Settings) -> str:
 
 
 def sync_offline_sessions(
-    settings: Settings, importer: Callable[[OfflineSession, Settings], str] | None = None
+    settings: ClientSettings, importer: Callable[[OfflineSession, ClientSettings], str] | None = None
 ) -> SyncReport:
     """Upload every pending offline session to the configured server.
 

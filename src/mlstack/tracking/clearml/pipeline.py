@@ -11,9 +11,9 @@ from typing import Literal
 
 from clearml import PipelineController
 
-from mlstack.settings import Settings
 from mlstack.tracking.clearml.connection import require_server
 from mlstack.tracking.clearml.pipeline_steps import evaluate, prepare, select_best, train
+from mlstack.tracking.settings import ClientSettings
 
 MODEL_KINDS = ("linear", "ridge", "random_forest")
 #: What every step installs on the agent: the packages the step functions import, at the versions here.
@@ -84,7 +84,7 @@ def build_pipeline(project: str, queue: str, name: str = "mlstack training pipel
 
 
 def run_pipeline(
-    settings: Settings,
+    settings: ClientSettings,
     project: str = "mlstack",
     where: Literal["local", "agent"] = "local",
     queue: str | None = None,

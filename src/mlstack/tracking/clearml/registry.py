@@ -11,9 +11,9 @@ import pandas as pd
 from clearml import Model, OutputModel, Task
 from clearml.model import BaseModel
 
-from mlstack.settings import Settings
 from mlstack.tracking.clearml.connection import require_server
-from mlstack.tracking.clearml.errors import ClearMLConfigError, ClearMLUploadError
+from mlstack.tracking.errors import ClearMLConfigError, ClearMLUploadError
+from mlstack.tracking.settings import ClientSettings
 
 
 def register_model(
@@ -23,7 +23,7 @@ def register_model(
     tags: list[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
     task_id: str | None = None,
-    settings: Settings | None = None,
+    settings: ClientSettings | None = None,
 ) -> str:
     """A new version of `model_name` from a weights file, attached to `task_id` (or a new
     registration task); returns the model id.
@@ -33,7 +33,7 @@ def register_model(
     path = Path(model_path)
     if not path.is_file():
         raise ClearMLConfigError(f"model file {path} does not exist: save the model before registering it")
-    settings = settings or Settings.load()
+    settings = settings or ClientSettings.load()
     require_server(settings)
     task = (
         Task.get_task(task_id=task_id)
@@ -73,10 +73,10 @@ def list_models(
     project_name: str | None = None,
     model_name: str | None = None,
     only_published: bool = False,
-    settings: Settings | None = None,
+    settings: ClientSettings | None = None,
 ) -> pd.DataFrame:
     """Registered models (newest first): id, name, tags, published, task and weights URL."""
-    require_server(settings or Settings.load())
+    require_server(settings or ClientSettings.load())
     models = Model.query_models(project_name=project_name, model_name=model_name, only_published=only_published)
     columns = ["model_id", "name", "tags", "published", "task_id", "url"]
     return pd.DataFrame(
@@ -85,10 +85,13 @@ def list_models(
 
 
 def find_model(
-    model_name: str, version: str | int = "latest", project_name: str | None = None, settings: Settings | None = None
+    model_name: str,
+    version: str | int = "latest",
+    project_name: str | None = None,
+    settings: ClientSettings | None = None,
 ) -> Model:
     """Version 'latest', a 1-based version number (in registration order) or a model id."""
-    require_server(settings or Settings.load())
+    require_server(settings or ClientSettings.load())
     versions = list(reversed(Model.query_models(project_name=project_name, model_name=model_name)))
     if not versions:
         raise ClearMLConfigError(
@@ -108,14 +111,20 @@ def find_model(
 
 
 def load_model(
-    model_name: str, version: str | int = "latest", project_name: str | None = None, settings: Settings | None = None
+    model_name: str,
+    version: str | int = "latest",
+    project_name: str | None = None,
+    settings: ClientSettings | None = None,
 ) -> Path:
     """Download the weights of that version; returns the local file."""
     return Path(find_model(model_name, version, project_name, settings).get_local_copy(raise_on_error=True))
 
 
 def publish_model(
-    model_name: str, version: str | int = "latest", project_name: str | None = None, settings: Settings | None = None
+    model_name: str,
+    version: str | int = "latest",
+    project_name: str | None = None,
+    settings: ClientSettings | None = None,
 ) -> str:
     """Publish (lock) that version; returns its id."""
     model = find_model(model_name, version, project_name, settings)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from mlstack.settings import Settings
 from mlstack.tracking.clearml.connection import require_server
-from mlstack.tracking.clearml.errors import ClearMLConfigError
+from mlstack.tracking.errors import ClearMLConfigError
+from mlstack.tracking.settings import ClientSettings
 
 WEEKDAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 SUPPORTED_FORMS = (
@@ -55,7 +55,7 @@ def cron_to_timespec(cron: str) -> dict:
 
 
 def schedule_task(
-    settings: Settings,
+    settings: ClientSettings,
     task_id: str,
     cron: str,
     queue: str | None = None,

@@ -1,14 +1,6 @@
 """MLflow client library of mlstack: configuration, trackers, decorators, queries, registry, spool."""
 
-from mlstack.tracking.mlflow.config import setup_mlflow
-from mlstack.tracking.mlflow.decorators import (
-    log_artifact_decorator,
-    log_metrics_decorator,
-    log_params_decorator,
-    mlflow_run,
-    timed_execution,
-)
-from mlstack.tracking.mlflow.errors import (
+from mlstack.tracking.errors import (
     ArtifactNotFoundError,
     ExperimentNotFoundError,
     MetricsSpooledError,
@@ -16,6 +8,14 @@ from mlstack.tracking.mlflow.errors import (
     ParamConflictError,
     TrackingError,
     TrackingInputError,
+)
+from mlstack.tracking.mlflow.config import setup_mlflow
+from mlstack.tracking.mlflow.decorators import (
+    log_artifact_decorator,
+    log_metrics_decorator,
+    log_params_decorator,
+    mlflow_run,
+    timed_execution,
 )
 from mlstack.tracking.mlflow.presets import (
     MLflowBenchmarkTracker,

@@ -27,7 +27,7 @@ from itertools import groupby
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from mlstack.tracking.mlflow.errors import MetricsSpooledError, SpoolWriteError
+from mlstack.tracking.errors import MetricsSpooledError, SpoolWriteError
 from mlstack.tracking.mlflow.spool import MetricSpool
 from mlstack.tracking.mlflow.transport import MetricSender, Point, RejectedBatchError, TransientSendError
 

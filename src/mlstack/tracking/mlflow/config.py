@@ -1,6 +1,6 @@
 """`setup_mlflow`: the single source of MLflow configuration for mlstack.tracking.
 
-Everything comes from `Settings` (environment and `.env`): MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME,
+Everything comes from `ClientSettings` (environment and `.env`): MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME,
 MLFLOW_TRACKING_USERNAME/PASSWORD and the metric pipeline knobs (MLSTACK_METRIC_*). With no tracking
 URI configured, runs go to a local sqlite store in the project's state folder (no server needed).
 """
@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 
 import mlflow
 from mlflow import MlflowClient
 
-from mlstack.settings import Settings
+from mlstack.tracking.environment import use_mlflow_login
 from mlstack.tracking.mlflow.buffer import MetricPipeline
 from mlstack.tracking.mlflow.spool import MetricSpool, spool_folder
 from mlstack.tracking.mlflow.transport import sender_for
+from mlstack.tracking.settings import ClientSettings
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 class TrackingConfig:
     """The resolved configuration; one per process, replaced by each setup_mlflow call."""
 
-    settings: Settings
+    settings: ClientSettings
     tracking_uri: str
     experiment_name: str
     is_local: bool
@@ -52,18 +52,18 @@ _local_store_announced = False
 def setup_mlflow(
     experiment_name: str | None = None,
     tracking_uri: str | None = None,
-    settings: Settings | None = None,
+    settings: ClientSettings | None = None,
     *,
     local_store_reason: str | None = None,
 ) -> str:
     """Point mlflow (and every mlstack tracker) at one store and experiment; returns the tracking URI.
 
-    Arguments override `settings` (default: `Settings.load()`). Call it again to switch. With
+    Arguments override `settings` (default: `ClientSettings.load()`). Call it again to switch. With
     `local_store_reason` (why the configured server is not used) the local store is used whatever
     the settings say, and the one notice about the local store gives that reason.
     """
     global _config, _local_store_announced
-    settings = settings or Settings.load()
+    settings = settings or ClientSettings.load()
     uri = None if local_store_reason else tracking_uri or settings.mlflow_tracking_uri
     is_local = uri is None
     if is_local:
@@ -86,15 +86,14 @@ def setup_mlflow(
     return uri
 
 
-def use_credentials(settings: Settings) -> None:
+def use_credentials(settings: ClientSettings) -> None:
     """MLFLOW_TRACKING_USERNAME/PASSWORD of `settings` (from .env) for every MLflow request of this process."""
     if settings.mlflow_tracking_username and settings.mlflow_tracking_password:
-        os.environ["MLFLOW_TRACKING_USERNAME"] = settings.mlflow_tracking_username
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = settings.mlflow_tracking_password.get_secret_value()
+        use_mlflow_login(settings.mlflow_tracking_username, settings.mlflow_tracking_password.get_secret_value())
 
 
 def current_config() -> TrackingConfig:
-    """The active configuration, set up from Settings on first use."""
+    """The active configuration, set up from ClientSettings on first use."""
     with _lock:
         if _config is None:
             setup_mlflow()

@@ -9,8 +9,8 @@ from typing import Any, Literal
 import pandas as pd
 from mlflow.entities import Run, ViewType
 
+from mlstack.tracking.errors import ExperimentNotFoundError, TrackingInputError
 from mlstack.tracking.mlflow.config import current_config
-from mlstack.tracking.mlflow.errors import ExperimentNotFoundError, TrackingInputError
 
 SERVER_PAGE_LIMIT = 50_000  # the most runs the server returns per search request
 Mode = Literal["min", "max"]

@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from mlstack.tracking.errors import TrackingInputError
 from mlstack.tracking.mlflow.config import current_config
-from mlstack.tracking.mlflow.errors import TrackingInputError
 from mlstack.tracking.mlflow.queries import Mode, get_best_run
 
 STAGE_TAG = "mlstack.stage"

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from itertools import groupby, islice
 from pathlib import Path
 
-from mlstack.settings import Settings
-from mlstack.tracking.mlflow.errors import TrackingError
+from mlstack.tracking.errors import TrackingError
 from mlstack.tracking.mlflow.transport import Point
+from mlstack.tracking.settings import ClientSettings
 
 SPOOL_FOLDER = "spool"
 REJECTED_FOLDER = "rejected"
 
 
-def spool_folder(settings: Settings) -> Path:
+def spool_folder(settings: ClientSettings) -> Path:
     return settings.state_path / SPOOL_FOLDER
 
 
@@ -146,23 +146,23 @@ def _is_run_end(path: Path) -> bool:
     return path.name.startswith(_RUN_END_PREFIX)
 
 
-def _spool_files(settings_or_path: Settings | Path | str, pattern: str) -> list[Path]:
-    """The files matching `pattern` in the spool folder (Settings) or a given folder; a given file as is."""
-    if isinstance(settings_or_path, Settings):
-        target = spool_folder(settings_or_path)
-        if not target.exists():
-            return []
-    else:
+def _spool_files(settings_or_path: ClientSettings | Path | str, pattern: str) -> list[Path]:
+    """The files matching `pattern` in the spool folder (settings) or a given folder; a given file as is."""
+    if isinstance(settings_or_path, Path | str):
         target = Path(settings_or_path)
         if not target.exists():
             raise FileNotFoundError(f"no spool file or folder at {target}: pass the path `mlstack sync` reported")
+    else:
+        target = spool_folder(settings_or_path)
+        if not target.exists():
+            return []
     return sorted(target.glob(pattern)) if target.is_dir() else [target]
 
 
-def replay_spool(settings_or_path: Settings | Path | str, tracking_uri: str | None = None) -> ReplayReport:
+def replay_spool(settings_or_path: ClientSettings | Path | str, tracking_uri: str | None = None) -> ReplayReport:
     """Send spooled points; delete each file once every point was accepted or set aside.
 
-    `settings_or_path`: a Settings (every file in `<state>/spool/`), a spool folder, or one file.
+    `settings_or_path`: the settings (every file in `<state>/spool/`), a spool folder, or one file.
     `tracking_uri` overrides the URI recorded in each file. The points of a run the server refuses
     for good go to `rejected/` beside the file, one file per run. Raises ServerUnreachableError,
     keeping the file, when the server does not answer.
@@ -222,7 +222,7 @@ def spool_run_end(folder: Path, tracking_uri: str, run_id: str, status: str, end
     return path
 
 
-def replay_run_ends(settings_or_path: Settings | Path | str, tracking_uri: str | None = None) -> ReplayReport:
+def replay_run_ends(settings_or_path: ClientSettings | Path | str, tracking_uri: str | None = None) -> ReplayReport:
     """End the spooled runs on the server (status and end time as recorded).
 
     Takes what replay_spool takes; run it after replay_spool so every point is in before the end.

@@ -1,4 +1,5 @@
-"""Run trackers: `ExperimentTracker` (alias `MLflowExperimentTracker`) and `NestedRunTracker`.
+"""Run trackers: `ExperimentTracker` (alias `MLflowExperimentTracker`) and `NestedRunTracker`, the
+MLflow `Tracker`s.
 
 A tracker is an MLflow run that is also the active fluent run while it is open, so plain
 `mlflow.log_*` calls inside the block land in it too. Metrics go through the non-blocking pipeline
@@ -12,33 +13,39 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import mlflow
 from mlflow.entities import Param, RunTag
-from mlflow.exceptions import MlflowException
 
-from mlstack.tracking.mlflow import validation
-from mlstack.tracking.mlflow.config import current_config, metric_pipeline
-from mlstack.tracking.mlflow.errors import (
+from mlstack.tracking import validation
+from mlstack.tracking.base import Status, Tracker
+from mlstack.tracking.errors import (
     ArtifactNotFoundError,
     MetricsSpooledError,
     NoActiveRunError,
-    ParamConflictError,
     TrackingError,
     TrackingInputError,
 )
-from mlstack.tracking.mlflow.spool import spool_folder, spool_run_end
+from mlstack.tracking.mlflow.config import current_config, metric_pipeline
+from mlstack.tracking.mlflow.ending import end_locally, end_on_server
+from mlstack.tracking.mlflow.spool import spool_folder
 from mlstack.tracking.mlflow.transport import server_answers
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAX_PARAMS_OR_TAGS_PER_REQUEST = 100
 _open_trackers: ContextVar[tuple[ExperimentTracker, ...]] = ContextVar("mlstack_open_trackers", default=())
 
 
-class ExperimentTracker:
+class ExperimentTracker(Tracker):
     """One MLflow run, used as a context manager (or `start_run` ... `end_run`)."""
+
+    name = "mlflow"
 
     def __init__(
         self, experiment_name: str | None = None, run_name: str | None = None, tags: dict[str, Any] | None = None
@@ -60,7 +67,7 @@ class ExperimentTracker:
         """Create the run (child of the active run, if any) and make it the active run; returns self."""
         if self._run_id is not None:
             raise TrackingError(f"run {self._run_id} was already started by this tracker; create a new tracker")
-        all_tags = _checked_tags({**self._initial_tags, **(tags or {})})
+        all_tags = validation.checked_tags({**self._initial_tags, **(tags or {})})
         config = current_config()
         parent = mlflow.active_run()
         experiment_id = self._experiment_for(config, parent)
@@ -70,6 +77,10 @@ class ExperimentTracker:
         self._attach(run, config)
         _open_trackers.set((*_open_trackers.get(), self))
         return self
+
+    def start(self) -> Self:
+        """`start_run()`, by the `Tracker` name."""
+        return self.start_run()
 
     def _experiment_for(self, config, parent) -> str:
         return config.experiment_id(self.experiment_name)
@@ -136,50 +147,19 @@ class ExperimentTracker:
         if self._owns_run:
             _open_trackers.set(tuple(t for t in _open_trackers.get() if t is not self))
             if not server_answers(self._tracking_uri):
-                self._spool_end(status, spooled)
+                end_locally(self._spool_folder, self._tracking_uri, self._run_id, status, spooled)
             else:
-                self._end_on_server(status, spooled)
+                end_on_server(self._client, self._tracking_uri, self._run_id, status, spooled)
         if spooled is not None:
             raise spooled
 
-    def _end_on_server(self, status: str, spooled: MetricsSpooledError | None) -> None:
-        try:
-            if (active := mlflow.active_run()) is not None and active.info.run_id == self._run_id:
-                mlflow.end_run(status)
-            else:
-                self._client.set_terminated(self._run_id, status)
-        except MlflowException as error:
-            _leave_fluent_run(self._run_id)
-            ended = TrackingError(
-                f"run {self._run_id} could not be ended {status} on {self._tracking_uri}: the server answered "
-                f"{error.error_code}: {error.message} (deleted meanwhile?)"
-            )
-            if spooled is None:
-                raise ended from error
-            spooled.add_note(str(ended))
+    def end(self, status: Status = "FINISHED") -> None:
+        """`end_run(status)`, by the `Tracker` name."""
+        self.end_run(status)
 
-    def _spool_end(self, status: str, spooled: MetricsSpooledError | None) -> None:
-        _leave_fluent_run(self._run_id)
-        try:
-            path = spool_run_end(self._spool_folder, self._tracking_uri, self._run_id, status, int(time.time() * 1000))
-        except OSError as disk:
-            lost = TrackingError(
-                f"The MLflow server at {self._tracking_uri} does not answer and the end of run {self._run_id} "
-                f"({status}) could not be written to {self._spool_folder} ({disk.strerror or disk}): the run stays "
-                "RUNNING on the server; end it there (or with MlflowClient.set_terminated) once it answers."
-            )
-            if spooled is None:
-                raise lost from disk
-            spooled.add_note(str(lost))
-            return
-        message = (
-            f"The MLflow server at {self._tracking_uri} does not answer: run {self._run_id} ended {status} "
-            f"locally and its end is kept in {path}; run `mlstack sync` when the server is back."
-        )
-        if spooled is not None:
-            spooled.add_note(message)
-        else:
-            warnings.warn(message, stacklevel=3)
+    def child(self, run_name: str, tags: Mapping[str, Any] | None = None) -> NestedRunTracker:
+        """A child run of this one (start it with `with`, inside this run)."""
+        return NestedRunTracker(run_name, dict(tags or {}))
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -207,16 +187,13 @@ class ExperimentTracker:
             value = validation.metric_value(key, value)
         if step is None:
             step = 0
-        elif type(step) is not int:
-            step = validation.check_step(key, step)
+        elif type(step) is not int or step < 0:
+            step = validation.check_step(step, f"step of metric {key!r}")
         self._pipeline.put(self._run_id, key, value, int(time.time() * 1000) if timestamp is None else timestamp, step)
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Queue several metrics; every one is validated before any is queued."""
-        checked = {
-            validation.check_key("metric", key): validation.metric_value(key, value) for key, value in metrics.items()
-        }
-        for key, value in checked.items():
+        for key, value in validation.checked_metrics(metrics).items():
             self.log_metric(key, value, step)
 
     # -- params and tags (sent at once) ----------------------------------------------------------
@@ -224,20 +201,10 @@ class ExperimentTracker:
     def log_param(self, key: str, value: Any) -> None:
         self.log_params({key: value})
 
-    def log_params(self, params: dict[str, Any]) -> None:
+    def log_params(self, params: Mapping[str, Any]) -> None:
         """Send params; a key logged before with a different value raises ParamConflictError."""
         self._require_run()
-        new: dict[str, str] = {}
-        for key, value in params.items():
-            text = validation.param_value(validation.check_key("param", key), value)
-            previous = self._params.get(key, new.get(key))
-            if previous is not None and previous != text:
-                raise ParamConflictError(
-                    f"param {key!r} is already {previous!r} in run {self._run_id}; MLflow params cannot "
-                    f"change (got {text!r}). Log it under another name or as a metric/tag."
-                )
-            if previous is None:
-                new[key] = text
+        new = validation.new_params(params, self._params, self._run_id)
         items = [Param(key, value) for key, value in new.items()]
         for start in range(0, len(items), MAX_PARAMS_OR_TAGS_PER_REQUEST):
             chunk = items[start : start + MAX_PARAMS_OR_TAGS_PER_REQUEST]
@@ -247,9 +214,9 @@ class ExperimentTracker:
     def set_tag(self, key: str, value: Any) -> None:
         self.set_tags({key: value})
 
-    def set_tags(self, tags: dict[str, Any]) -> None:
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._require_run()
-        items = [RunTag(key, value) for key, value in _checked_tags(tags).items()]
+        items = [RunTag(key, value) for key, value in validation.checked_tags(tags).items()]
         for start in range(0, len(items), MAX_PARAMS_OR_TAGS_PER_REQUEST):
             self._client.log_batch(self._run_id, tags=items[start : start + MAX_PARAMS_OR_TAGS_PER_REQUEST])
 
@@ -337,6 +304,36 @@ class ExperimentTracker:
             f"got {type(model).__name__}; wrap it in a PythonModel"
         )
 
+    def register_model(
+        self,
+        model: Any,
+        name: str,
+        *,
+        alias: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        input_example: Any = None,
+    ) -> str:
+        """Log `model` as in `log_model` (artifact "model") as a new version of registered model `name`,
+        with `metadata` as version tags and `alias` pointing at it; returns the version."""
+        info = self.log_model(model, name="model", input_example=input_example, registered_model_name=name)
+        version = str(info.registered_model_version)
+        for key, value in (metadata or {}).items():
+            self._client.set_model_version_tag(name, version, key, str(value))
+        if alias:
+            self._client.set_registered_model_alias(name, alias, version)
+        return version
+
+    def log_dataset(self, frame: pd.DataFrame, name: str, source: str, context: str = "training") -> None:
+        """Record `frame` as a dataset input of the run (name, source, digest, schema), tagged `context`."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        self._require_run()
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name)
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        self._client.log_inputs(self._run_id, datasets=[entry])
+
     def _require_run(self) -> None:
         if self._run_id is None:
             raise NoActiveRunError("this tracker has no run yet: use it as `with tracker:` or call start_run()")
@@ -368,22 +365,6 @@ def create_mlflow_run(
 ) -> ExperimentTracker:
     """`with create_mlflow_run(run_name, tags) as run:` (seed 004): a tracker in the configured experiment."""
     return ExperimentTracker(experiment_name, run_name, tags)
-
-
-def _leave_fluent_run(run_id: str) -> None:
-    """What mlflow.end_run does (mlflow 3.17), minus telling the unreachable server."""
-    from mlflow.environment_variables import MLFLOW_RUN_ID
-    from mlflow.tracking import fluent
-
-    stack = fluent._active_run_stack.get()
-    if stack and stack[-1].info.run_id == run_id:
-        MLFLOW_RUN_ID.unset()
-        stack.pop()
-        fluent._last_active_run_id.set(run_id)
-
-
-def _checked_tags(tags: dict[str, Any]) -> dict[str, str]:
-    return {validation.check_key("tag", key): validation.tag_value(key, value) for key, value in tags.items()}
 
 
 def _is_sklearn_model(model: Any) -> bool:
