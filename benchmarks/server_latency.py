@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.table import Table
 from servers import Candidate, free_port, shipped_server_args, start_mlflow, start_process, wait_until_quiet
 
-from mlstack.runtime.health import http_ok
+from mlstack.health import http_ok
 from mlstack.runtime.native.process import ManagedProcess
 from mlstack.settings import Settings
 from mlstack.tracking.mlflow.config import use_credentials

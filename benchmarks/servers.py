@@ -20,9 +20,9 @@ from pathlib import Path
 
 from mlstack_mlflow_store.launch import auth_config
 
-from mlstack.runtime.health import http_ok
+from mlstack.health import http_ok
 from mlstack.runtime.native.process import ManagedProcess, group_members
-from mlstack.runtime.native.runtime import gunicorn_options, mlflow_server_env
+from mlstack.runtime.native.server import gunicorn_options, mlflow_server_env
 from mlstack.settings import Settings
 
 

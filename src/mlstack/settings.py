@@ -5,16 +5,14 @@ Every command and runtime receives a `Settings` object; nothing re-reads the env
 
 from __future__ import annotations
 
-import os
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr
 
-from mlstack.errors import ConfigError
+from mlstack.client_settings import ClientSettings
 
 RuntimeName = Literal["auto", "docker", "native"]
 
@@ -51,27 +49,12 @@ StackName = Literal["mlflow", "clearml"]
 
 #: Configuration templates shipped inside the package (the checkout's conf/ and .env.example link here).
 PACKAGED_CONF = files("mlstack") / "conf"
-_PROJECT_MARKERS = (".env.example", ".env")
 
 
-def is_project_dir(folder: Path) -> bool:
-    """A checkout (it has .env.example) or a folder `mlstack init` made a project (it has .env)."""
-    return any((folder / marker).is_file() for marker in _PROJECT_MARKERS)
+class Settings(ClientSettings):
+    """The stack's settings besides the client's (ClientSettings, which `load` reads the same way).
+    Field names are the `.env` variable names, case-insensitive."""
 
-
-def find_project_dir(start: Path | None = None) -> Path:
-    """The nearest project folder at or above `start`, else `start`."""
-    start = (start or Path.cwd()).resolve()
-    return next((folder for folder in (start, *start.parents) if is_project_dir(folder)), start)
-
-
-class Settings(BaseSettings):
-    """Stack and client settings. Field names are the `.env` variable names, case-insensitive."""
-
-    model_config = SettingsConfigDict(extra="ignore", env_file_encoding="utf-8")
-
-    project_dir: Path = Field(default_factory=find_project_dir, alias="MLSTACK_PROJECT_DIR")
-    state_dir: Path | None = Field(default=None, alias="MLSTACK_STATE_DIR")
     tools_dir: Path | None = Field(default=None, alias="MLSTACK_TOOLS_DIR")
     #: Where `mlstack backup` (and `upgrade`'s backup) writes archives. Default: <state dir>/backups.
     backup_dir: Path | None = Field(default=None, alias="MLSTACK_BACKUP_DIR")
@@ -137,26 +120,9 @@ class Settings(BaseSettings):
     mlflow_auth_default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = "READ"
     #: The account `mlstack bootstrap` creates for the team's scripts (MLFLOW_TRACKING_USERNAME/PASSWORD).
     mlflow_client_username: str = Field(default="mlstack-client", min_length=1)
-    mlflow_tracking_uri: str | None = None
-    mlflow_experiment_name: str = "mlstack"
-    mlflow_tracking_username: str | None = None
-    mlflow_tracking_password: SecretStr | None = None
-    # Client-side metric pipeline of mlstack.tracking (non-blocking logging).
-    metric_buffer_points: int = Field(default=200_000, gt=0, alias="MLSTACK_METRIC_BUFFER_POINTS")
-    metric_flush_interval_seconds: float = Field(default=0.5, gt=0, alias="MLSTACK_METRIC_FLUSH_INTERVAL_SECONDS")
-    metric_flusher_threads: int = Field(default=2, ge=1, alias="MLSTACK_METRIC_FLUSHER_THREADS")
-    metric_outage_budget_seconds: float = Field(default=300.0, gt=0, alias="MLSTACK_METRIC_OUTAGE_BUDGET_SECONDS")
-    #: Backends `mlstack.tracking.track` logs to, comma-separated (mlflow, clearml); empty: both.
-    trackers: str = Field(default="", alias="MLSTACK_TRACKERS")
 
     # --- ClearML server (infra/clearml) and its clients ---
-    clearml_api_port: int = 8008
-    clearml_web_port: int = 8080
-    clearml_files_port: int = 8081
-    #: Host name under which clients and the agent reach the published ports (never looked up).
-    clearml_host_ip: str = "127.0.0.1"
     clearml_es_heap: str = "1g"
-    clearml_default_queue: str = "default"
     clearml_fixed_user: str = "mlstack"
     clearml_fixed_user_password: SecretStr = SecretStr("")
     clearml_token_secret: SecretStr = SecretStr("")
@@ -171,31 +137,6 @@ class Settings(BaseSettings):
     clearml_tests_secret_key: SecretStr = SecretStr("")
     clearml_agent_access_key: SecretStr = SecretStr("")
     clearml_agent_secret_key: SecretStr = SecretStr("")
-    #: Client credentials written by `mlstack bootstrap` (auth.create_credentials for the fixed user).
-    clearml_api_access_key: str | None = None
-    clearml_api_secret_key: SecretStr | None = None
-    #: Where tracker sessions go when no server answers (default: <state dir>/clearml).
-    clearml_offline_dir: Path | None = Field(default=None, alias="MLSTACK_CLEARML_OFFLINE_DIR")
-    #: Project of ClearMLTracker runs whose config names none (no clearml.project).
-    clearml_default_project: str = Field(default="mlstack", min_length=1)
-    #: Where model weights go (any URI the ClearML SDK uploads to, e.g. s3://host:9000/bucket); default: the fileserver.
-    clearml_default_output_uri: str | None = None
-
-    @classmethod
-    def load(cls, project_dir: Path | None = None) -> Settings:
-        """Read settings for the checkout at `project_dir` (default: found from the cwd)."""
-        project_dir = project_dir or Path(os.environ.get("MLSTACK_PROJECT_DIR") or find_project_dir())
-        project_dir = project_dir.resolve()
-        try:
-            return cls(_env_file=project_dir / ".env", MLSTACK_PROJECT_DIR=project_dir)
-        except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])).upper()}={e['input']!r}: {e['msg']}" for e in error.errors()
-            )
-            raise ConfigError(
-                f"Invalid setting in {project_dir / '.env'} or the environment: {problems}. "
-                "Fix the value (.env.example documents each setting)."
-            ) from None
 
     @property
     def env_file(self) -> Path:
@@ -206,10 +147,6 @@ class Settings(BaseSettings):
         """The project's .env.example, or the one shipped in the package when the project has none."""
         own = self.project_dir / ".env.example"
         return own if own.is_file() else Path(str(PACKAGED_CONF / "env.example"))
-
-    @property
-    def state_path(self) -> Path:
-        return (self.state_dir or self.project_dir / ".mlstack").resolve()
 
     @property
     def backup_path(self) -> Path:
@@ -226,28 +163,6 @@ class Settings(BaseSettings):
     @property
     def mlflow_url(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
-
-    @property
-    def clearml_api_url(self) -> str:
-        return f"http://{self.clearml_host_ip}:{self.clearml_api_port}"
-
-    @property
-    def clearml_web_url(self) -> str:
-        return f"http://{self.clearml_host_ip}:{self.clearml_web_port}"
-
-    @property
-    def clearml_files_url(self) -> str:
-        return f"http://{self.clearml_host_ip}:{self.clearml_files_port}"
-
-    @property
-    def clearml_output_destination(self) -> str:
-        """Where tasks upload model weights: CLEARML_DEFAULT_OUTPUT_URI, else the stack's fileserver."""
-        return self.clearml_default_output_uri or self.clearml_files_url
-
-    @property
-    def clearml_offline_path(self) -> Path:
-        """Offline ClearML sessions (the SDK's CLEARML_CACHE_DIR while no server answers)."""
-        return (self.clearml_offline_dir or self.state_path / "clearml").resolve()
 
     def postgres_dsn(self, database: str | None = None, *, as_server: bool = False) -> str:
         """libpq connection string for `database` (default: the backend store), as the superuser or, with

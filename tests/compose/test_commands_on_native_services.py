@@ -21,7 +21,7 @@ from rich.console import Console
 
 from mlstack.bootstrap.minio import root_s3
 from mlstack.errors import MissingToolError
-from mlstack.runtime.health import wait_until
+from mlstack.health import wait_until
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.runtime.native.tools import NativeTools, find_tools
 from mlstack.settings import Settings

@@ -12,7 +12,7 @@ import yaml
 from mlstack_mlflow_store.launch import auth_config, prepare
 
 from mlstack.envfile import update_env
-from mlstack.runtime.native.runtime import gunicorn_options, mlflow_server_command, mlflow_server_env
+from mlstack.runtime.native.server import gunicorn_options, mlflow_server_command, mlflow_server_env
 from mlstack.settings import Settings
 from tests.compose.conftest import run_compose
 
@@ -121,7 +121,7 @@ def test_server_options_come_from_env_and_match_the_native_runtime(compose_cli, 
 
 
 def test_request_guard_limits_come_from_env_and_match_the_native_runtime(compose_cli, generated_env):
-    from mlstack.runtime.native.runtime import GUARD_VARIABLES, tls_front_env
+    from mlstack.runtime.native.server import GUARD_VARIABLES, tls_front_env
     from mlstack.tls import TlsFiles
 
     update_env(generated_env, {"MLSTACK_MAX_REQUEST_BYTES": "2048", "MLSTACK_MAX_PAGE_SIZE": "77"})

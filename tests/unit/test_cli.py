@@ -181,7 +181,7 @@ def test_user_commands_with_auth_off_or_the_stack_down_are_one_clear_line(projec
 def test_the_servers_allowed_hosts_gain_each_public_name_with_any_port(project):
     from mlstack_mlflow_store.launch import prepare
 
-    from mlstack.runtime.native.runtime import mlflow_server_env
+    from mlstack.runtime.native.server import mlflow_server_env
     from mlstack.settings import Settings
 
     update_env(project.env_file, {"MLFLOW_PUBLIC_HOSTS": "mlflow.example.com, 10.0.0.7"})

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from mlstack.errors import ServiceStartError
-from mlstack.runtime.health import wait_until
+from mlstack.health import wait_until
 from mlstack.runtime.native.process import ManagedProcess, _group_alive
 
 

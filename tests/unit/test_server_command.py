@@ -8,7 +8,7 @@ import pytest
 
 from mlstack.envfile import update_env
 from mlstack.errors import ConfigError
-from mlstack.runtime.native.runtime import mlflow_server_command, mlflow_server_env, require_store_plugin
+from mlstack.runtime.native.server import mlflow_server_command, mlflow_server_env, require_store_plugin
 from mlstack.settings import Settings
 
 

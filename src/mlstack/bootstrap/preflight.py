@@ -8,7 +8,7 @@ from functools import partial
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from mlstack.errors import StackNotReadyError
-from mlstack.runtime.health import http_ok, postgres_ok
+from mlstack.health import http_ok, postgres_ok
 from mlstack.settings import Settings
 
 

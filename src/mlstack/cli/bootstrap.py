@@ -42,7 +42,7 @@ def bootstrap(
         steps = list(MINIO_STEPS if storage_only else MLFLOW_STACK_STEPS)
     if stack != "mlflow" and not storage_only:
         from mlstack.bootstrap.clearml import clearml_steps
-        from mlstack.runtime.health import http_ok
+        from mlstack.health import http_ok
 
         if http_ok(f"{settings.clearml_api_url}/debug.ping"):
             steps += clearml_steps()

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 from rich.console import Console
 
+from mlstack.client_settings import is_project_dir
 from mlstack.errors import ProjectNotFoundError
-from mlstack.settings import RuntimeName, Settings, is_project_dir
+from mlstack.settings import RuntimeName, Settings
 
 if TYPE_CHECKING:
     from mlstack.bootstrap.steps import StepResult

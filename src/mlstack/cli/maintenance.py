@@ -15,8 +15,8 @@ from mlstack.settings import RuntimeName, StackName
 def _stack_runtime(command: str, stack: StackName, runtime: RuntimeName | None):
     """The runtime of a running stack (backup, restore and upgrade talk to its services)."""
     from mlstack.bootstrap.preflight import require_mlflow_stack
+    from mlstack.health import http_ok
     from mlstack.runtime import select_runtime
-    from mlstack.runtime.health import http_ok
 
     settings = project_settings()
     if stack == "mlflow":
@@ -30,7 +30,7 @@ def _stack_runtime(command: str, stack: StackName, runtime: RuntimeName | None):
 
 def _maintained(stack: str) -> list[StackName]:
     """The stacks `--stack` names; with `all`, the ClearML stack only when its server answers."""
-    from mlstack.runtime.health import http_ok
+    from mlstack.health import http_ok
 
     if stack != "all":
         return [stack]

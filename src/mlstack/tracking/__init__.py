@@ -13,12 +13,12 @@ importing this package does not import the ClearML SDK; the rest of the ClearML 
 
 import importlib
 
+from mlstack.client_settings import ClientSettings
 from mlstack.tracking.base import Tracker
 from mlstack.tracking.errors import ClearMLConfigError, ClearMLUnavailableError
 from mlstack.tracking.mlflow import *  # noqa: F403 - the public API is mlstack.tracking.mlflow.__all__
 from mlstack.tracking.mlflow import __all__ as _mlflow_names
 from mlstack.tracking.multi import MultiTracker, track
-from mlstack.tracking.settings import ClientSettings
 
 _CLEARML_NAMES = ("ClearMLTracker", "compare_clearml_experiments", "compare_models", "compare_registered_models")
 

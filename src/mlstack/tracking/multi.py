@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from mlstack.client_settings import ClientSettings
 from mlstack.errors import ConfigError
 from mlstack.tracking.base import Status, Tracker
 from mlstack.tracking.errors import TrackingError
 from mlstack.tracking.mlflow.tracker import ExperimentTracker
-from mlstack.tracking.settings import ClientSettings
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -32,19 +32,15 @@ def test_an_unusable_value_names_the_setting_and_the_file(tmp_path):
         ClientSettings.load(tmp_path)
 
 
-@pytest.mark.parametrize("name", sorted(ClientSettings.model_fields))
-def test_the_stack_settings_carry_every_client_setting_alike(name):
-    client, stack = ClientSettings.model_fields[name], Settings.model_fields.get(name)
-    assert stack is not None, f"Settings has no {name}"
-    assert (stack.alias, stack.annotation, stack.default) == (client.alias, client.annotation, client.default)
-
-
-def test_the_stack_settings_offer_every_derived_client_value(tmp_path):
-    values = {"MLSTACK_PROJECT_DIR": tmp_path, "clearml_host_ip": "clearml.example", "_env_file": None}
-    client, stack = ClientSettings(**values), Settings(**values)
-    derived = [name for name, member in vars(ClientSettings).items() if isinstance(member, property)]
-    assert derived
-    assert {name: getattr(stack, name) for name in derived} == {name: getattr(client, name) for name in derived}
+def test_the_stack_settings_are_the_client_settings_and_more(tmp_path):
+    """One definition of each client setting: the stack's settings extend the client's, and read a
+    client value from .env the same way."""
+    assert issubclass(Settings, ClientSettings)
+    (tmp_path / ".env").write_text("CLEARML_HOST_IP=clearml.example\nMLSTACK_TRACKERS=mlflow\n")
+    client, stack = ClientSettings.load(tmp_path), Settings.load(tmp_path)
+    assert isinstance(stack, Settings)
+    assert (stack.clearml_api_url, stack.trackers) == (client.clearml_api_url, client.trackers)
+    assert client.clearml_api_url == "http://clearml.example:8008"
 
 
 def test_the_library_loads_neither_the_stack_settings_nor_the_stack_dependencies(tmp_path):

@@ -10,10 +10,21 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+#: The environment a service inherits from ours; everything else (root secrets above all) is left out.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def base_env() -> dict[str, str]:
+    """What every service starts with: INHERITED_ENV, this interpreter's folder first on the PATH."""
+    env = {key: os.environ[key] for key in INHERITED_ENV if key in os.environ}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
+    return env
 
 
 @dataclass

@@ -13,7 +13,6 @@ under POSTGRES_HOMES (owned by `postgres`, mode 0700), named after the state fol
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import pwd
 import shutil
@@ -29,21 +28,26 @@ from rich.console import Console
 from mlstack.bootstrap import MINIO_STEPS, StepResult, run_steps
 from mlstack.bootstrap.database import DATABASE_STEPS
 from mlstack.errors import CommandError, ConfigError, RuntimeUnavailableError, ServiceStartError
+from mlstack.health import http_ok, postgres_ok, wait_until
 from mlstack.runtime.base import ServiceStatus
-from mlstack.runtime.health import http_ok, postgres_ok, wait_until
-from mlstack.runtime.native.process import ManagedProcess
+from mlstack.runtime.native.process import ManagedProcess, base_env
+from mlstack.runtime.native.server import (
+    mlflow_server_command,
+    mlflow_server_env,
+    require_store_plugin,
+    tls_front_env,
+    tls_front_url,
+)
 from mlstack.runtime.native.tools import NativeTools, find_tools
 from mlstack.secrets import check_secrets
 from mlstack.settings import PACKAGED_CONF, Settings
 from mlstack.stacks.mlflow import MLFLOW_STACK
-from mlstack.tls import TlsFiles, ensure_certificate
+from mlstack.tls import ensure_certificate
 
 #: Every optional part of the stack (what down stops, whatever the settings say now).
 MLFLOW_PROFILES = ("tls",)
 #: PostgreSQL's fast shutdown (SIGTERM waits for every client to leave).
 STOP_SIGNALS = {"postgres": signal.SIGINT}
-#: The environment a service inherits from ours; everything else (root secrets above all) is left out.
-_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 #: The TLS front's configuration, shared with the compose stack's tls-proxy service.
 CADDYFILE = Path(str(PACKAGED_CONF / "caddy" / "Caddyfile"))
 #: Where PostgreSQL keeps each project's data when it runs as the `postgres` user (mlstack as root).
@@ -175,7 +179,7 @@ class NativeRuntime:
         """`mlflow db upgrade`, the same one-shot step compose runs before the server starts."""
         result = subprocess.run(
             [sys.executable, "-m", "mlstack.runtime.migrate"],
-            env={**_base_env(), **self.settings.backend_store_env()},
+            env={**base_env(), **self.settings.backend_store_env()},
             capture_output=True,
             text=True,
         )
@@ -193,7 +197,7 @@ class NativeRuntime:
             raise ConfigError(f"the native runtime runs commands for postgres only, not for {service}")
         s = self.settings
         env = {
-            **_base_env(),
+            **base_env(),
             "PGHOST": s.postgres_host,
             "PGPORT": str(s.postgres_port),
             "PGUSER": s.postgres_user,
@@ -252,7 +256,7 @@ class NativeRuntime:
                 "-c",
                 "unix_socket_directories=",
             ],
-            env=_base_env(),
+            env=base_env(),
             user=layout.os_user,
             cwd=layout.home,
         )
@@ -298,7 +302,7 @@ class NativeRuntime:
                     "--auth=scram-sha-256",
                     "--encoding=UTF8",
                 ],
-                env=_base_env(),
+                env=base_env(),
                 cwd=layout.home,
                 user=layout.os_user,
                 group=layout.os_user,
@@ -319,7 +323,7 @@ class NativeRuntime:
         data = self.data_dir / "minio"
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         env = {
-            **_base_env(),
+            **base_env(),
             "MINIO_ROOT_USER": s.minio_root_user,
             "MINIO_ROOT_PASSWORD": s.minio_root_password.get_secret_value(),
             "MINIO_UPDATE": "off",
@@ -356,132 +360,6 @@ class NativeRuntime:
             env=tls_front_env(self.settings, ensure_certificate(self.settings)),
         )
         self._wait("tls-proxy", self._tls_front_healthy)
-
-
-def tls_front_url(settings: Settings) -> str:
-    """The front's URL under the first public name (else this host's loopback address)."""
-    return f"https://{(settings.public_hosts or ['127.0.0.1'])[0]}:{settings.mlflow_tls_port}"
-
-
-def tls_front_env(settings: Settings, files: TlsFiles) -> dict[str, str]:
-    """What the Caddyfile reads: where to listen, the certificate and key, the server behind it."""
-    return {
-        **_base_env(),
-        "MLSTACK_TLS_PORT": str(settings.mlflow_tls_port),
-        "MLSTACK_TLS_BIND": settings.mlflow_tls_bind_address,
-        "MLSTACK_TLS_CERT": str(files.cert),
-        "MLSTACK_TLS_KEY": str(files.key),
-        "MLSTACK_TLS_UPSTREAM": f"127.0.0.1:{settings.mlflow_port}",
-        "MLSTACK_MAX_ARTIFACT_BYTES": str(settings.mlstack_max_artifact_bytes),
-    }
-
-
-def mlflow_server_command(settings: Settings) -> list[str]:
-    """The tracking server under gunicorn with threaded workers, started by the image's launcher
-    (mlstack_mlflow_store.launch: the allowed hosts, and MLflow's basic-auth app unless MLFLOW_AUTH=false;
-    services/mlflow-server/README.md says why, and about the Host-header check)."""
-    return [
-        sys.executable,
-        "-m",
-        "mlstack_mlflow_store.launch",
-        "mlflow",
-        "server",
-        "--host",
-        settings.bind_address,
-        "--port",
-        str(settings.mlflow_port),
-        "--artifacts-destination",
-        f"s3://{settings.mlflow_artifact_bucket}",
-        "--workers",
-        str(settings.mlflow_workers),
-        "--gunicorn-opts",
-        gunicorn_options(settings),
-    ]
-
-
-#: The store plugin's gunicorn configuration module (services/mlflow-server/store).
-GUNICORN_HOOKS = "python:mlstack_mlflow_store.gunicorn_hooks"
-
-
-def gunicorn_options(settings: Settings) -> str:
-    """Threaded workers with HTTP keep-alive: a long upload holds one thread, never a whole worker.
-    The store plugin's gunicorn hooks install its request guard in each worker, and its fast paths
-    with MLSTACK_FAST_STORE on. No control socket: gunicorn's default is one path per user, which
-    every stack on a machine would share.
-
-    infra/mlflow/compose.yaml passes the same options (a compose test keeps the two equal).
-    """
-    return (
-        f"--worker-class gthread --threads {settings.mlflow_threads} --keep-alive 5"
-        f" --timeout {settings.mlflow_worker_timeout} --graceful-timeout 30 --no-control-socket"
-        f" --config {GUNICORN_HOOKS}"
-    )
-
-
-def require_store_plugin(settings: Settings) -> None:
-    """The server's Python must have the store plugin: its request guard and login check run in every
-    server (its fast paths only with MLSTACK_FAST_STORE on)."""
-    if importlib.util.find_spec("mlstack_mlflow_store") is None:
-        raise ConfigError(
-            f"the mlstack-mlflow-store plugin is not installed for {sys.executable}: run `make venv` "
-            "(it installs services/mlflow-server/store)"
-        )
-
-
-def mlflow_server_env(settings: Settings) -> dict[str, str]:
-    """The server's environment: its own database role and MinIO account, never the superuser's or the
-    root credentials; with auth on, where the auth app's configuration is and its two secrets."""
-    return {
-        **_base_env(),
-        **settings.backend_store_env(),
-        "MLFLOW_S3_ENDPOINT_URL": settings.minio_url,
-        "AWS_ACCESS_KEY_ID": settings.mlflow_s3_access_key,
-        "AWS_SECRET_ACCESS_KEY": settings.mlflow_s3_secret_key.get_secret_value(),
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "MLFLOW_SERVER_ALLOWED_HOSTS": settings.mlflow_allowed_hosts,
-        "MLFLOW_PUBLIC_HOSTS": settings.mlflow_public_hosts,
-        "MLFLOW_AUTH": str(settings.mlflow_auth).lower(),
-        "MLSTACK_FAST_STORE": str(settings.mlstack_fast_store).lower(),
-        "MLSTACK_FAST_ROUTES": str(settings.mlstack_fast_routes).lower(),
-        **guard_env(settings),
-        **(auth_env(settings) if settings.mlflow_auth else {}),
-    }
-
-
-#: The request guard's switch and limits, as the server reads them (mlstack_mlflow_store.guard).
-GUARD_VARIABLES = (
-    "MLSTACK_REQUEST_GUARD",
-    "MLSTACK_MAX_REQUEST_BYTES",
-    "MLSTACK_MAX_GRAPHQL_BYTES",
-    "MLSTACK_MAX_ARTIFACT_BYTES",
-    "MLSTACK_MAX_FILTER_LENGTH",
-    "MLSTACK_MAX_PAGE_SIZE",
-)
-
-
-def guard_env(settings: Settings) -> dict[str, str]:
-    values = {name: getattr(settings, name.lower()) for name in GUARD_VARIABLES}
-    return {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in values.items()}
-
-
-def auth_env(settings: Settings) -> dict[str, str]:
-    """The auth app's variables: where the launcher writes its configuration and what goes in it, the
-    admin created on first start, the Flask key."""
-    return {
-        "MLFLOW_AUTH_CONFIG_PATH": str(settings.state_path / "mlflow" / "basic_auth.ini"),
-        "MLFLOW_AUTH_DATABASE_URI": settings.backend_store_uri(with_password=False, database=settings.mlflow_auth_db),
-        "MLFLOW_AUTH_DEFAULT_PERMISSION": settings.mlflow_auth_default_permission,
-        "MLFLOW_AUTH_CACHE_SECONDS": str(settings.mlflow_auth_cache_seconds),
-        "MLFLOW_AUTH_ADMIN_USERNAME": settings.mlflow_auth_admin_username,
-        "MLFLOW_AUTH_ADMIN_PASSWORD": settings.mlflow_auth_admin_password.get_secret_value(),
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": settings.mlflow_flask_server_secret_key.get_secret_value(),
-    }
-
-
-def _base_env() -> dict[str, str]:
-    env = {key: os.environ[key] for key in _INHERITED_ENV if key in os.environ}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
-    return env
 
 
 def _private_folder(folder: Path) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 from clearml import Model, Task
 
+from mlstack.client_settings import ClientSettings
 from mlstack.tracking.clearml.connection import require_server
 from mlstack.tracking.errors import ClearMLConfigError
-from mlstack.tracking.settings import ClientSettings
 
 PREFERRED_SERIES = "validation"
 

@@ -7,9 +7,9 @@ import logging
 import requests
 from clearml import OutputModel, Task
 
+from mlstack.client_settings import ClientSettings
 from mlstack.tracking import environment
 from mlstack.tracking.errors import ClearMLUnavailableError
-from mlstack.tracking.settings import ClientSettings
 
 log = logging.getLogger(__name__)
 _announced_offline = False

@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 from clearml import Dataset
 
+from mlstack.client_settings import ClientSettings
 from mlstack.tracking.clearml.connection import require_server
 from mlstack.tracking.errors import ClearMLConfigError
-from mlstack.tracking.settings import ClientSettings
 
 _VERSION_COLUMNS = ["id", "name", "version", "created", "tags"]
 

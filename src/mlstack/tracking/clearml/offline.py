@@ -29,11 +29,11 @@ from uuid import uuid4
 
 from clearml import Task
 
+from mlstack.client_settings import ClientSettings
 from mlstack.envfile import write_private
 from mlstack.tracking.clearml.connection import require_server
 from mlstack.tracking.clearml.registry import set_typed_metadata
 from mlstack.tracking.errors import ClearMLConfigError, ClearMLSyncError
-from mlstack.tracking.settings import ClientSettings
 
 #: Tag carried by tasks whose block raised; offline sessions keep it so `sync` can mark them failed.
 FAILED_TAG = "mlstack:failed"

@@ -11,9 +11,9 @@ from typing import Literal
 
 from clearml import PipelineController
 
+from mlstack.client_settings import ClientSettings
 from mlstack.tracking.clearml.connection import require_server
 from mlstack.tracking.clearml.pipeline_steps import evaluate, prepare, select_best, train
-from mlstack.tracking.settings import ClientSettings
 
 MODEL_KINDS = ("linear", "ridge", "random_forest")
 #: What every step installs on the agent: the packages the step functions import, at the versions here.

@@ -11,9 +11,9 @@ import pandas as pd
 from clearml import Model, OutputModel, Task
 from clearml.model import BaseModel
 
+from mlstack.client_settings import ClientSettings
 from mlstack.tracking.clearml.connection import require_server
 from mlstack.tracking.errors import ClearMLConfigError, ClearMLUploadError
-from mlstack.tracking.settings import ClientSettings
 
 
 def register_model(

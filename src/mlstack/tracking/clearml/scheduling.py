@@ -9,9 +9,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from mlstack.client_settings import ClientSettings
 from mlstack.tracking.clearml.connection import require_server
 from mlstack.tracking.errors import ClearMLConfigError
-from mlstack.tracking.settings import ClientSettings
 
 WEEKDAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 SUPPORTED_FORMS = (

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from clearml import OutputModel, Task
 
+from mlstack.client_settings import ClientSettings
 from mlstack.tracking import validation
 from mlstack.tracking.base import Status, Tracker
 from mlstack.tracking.clearml.config import config_to_dict, project_settings
@@ -23,7 +24,6 @@ from mlstack.tracking.clearml.offline import FAILED_TAG, SessionLock, sessions_d
 from mlstack.tracking.clearml.registry import set_typed_metadata, upload_weights
 from mlstack.tracking.environment import forget_closed_master, forget_inherited_master
 from mlstack.tracking.errors import ClearMLConfigError, ClearMLUnavailableError
-from mlstack.tracking.settings import ClientSettings
 
 if TYPE_CHECKING:
     import pandas as pd

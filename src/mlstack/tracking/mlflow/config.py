@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import mlflow
 from mlflow import MlflowClient
 
+from mlstack.client_settings import ClientSettings
 from mlstack.tracking.environment import use_mlflow_login
 from mlstack.tracking.mlflow.buffer import MetricPipeline
 from mlstack.tracking.mlflow.spool import MetricSpool, spool_folder
 from mlstack.tracking.mlflow.transport import sender_for
-from mlstack.tracking.settings import ClientSettings
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from itertools import groupby, islice
 from pathlib import Path
 
+from mlstack.client_settings import ClientSettings
 from mlstack.tracking.errors import TrackingError
 from mlstack.tracking.mlflow.transport import Point
-from mlstack.tracking.settings import ClientSettings
 
 SPOOL_FOLDER = "spool"
 REJECTED_FOLDER = "rejected"

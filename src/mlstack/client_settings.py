@@ -1,13 +1,14 @@
 """`ClientSettings`: what the tracking library reads, from the environment and the project's `.env`.
 
-The stack's `mlstack.settings.Settings` has each of these fields under the same name, type and
-variable, so the stack's commands hand theirs to the library as they are.
+The stack's `mlstack.settings.Settings` extends it with the servers' settings, so the stack's commands
+hand theirs to the library as they are; the library never loads those.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Self
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,11 +19,15 @@ from mlstack.errors import ConfigError
 _PROJECT_MARKERS = (".env.example", ".env")
 
 
+def is_project_dir(folder: Path) -> bool:
+    """A checkout (it has .env.example) or a folder `mlstack init` made a project (it has .env)."""
+    return any((folder / marker).is_file() for marker in _PROJECT_MARKERS)
+
+
 def find_project_dir(start: Path | None = None) -> Path:
     """The nearest project folder at or above `start` (default: the current folder), else `start`."""
     start = (start or Path.cwd()).resolve()
-    folders = (start, *start.parents)
-    return next((folder for folder in folders if any((folder / m).is_file() for m in _PROJECT_MARKERS)), start)
+    return next((folder for folder in (start, *start.parents) if is_project_dir(folder)), start)
 
 
 class ClientSettings(BaseSettings):
@@ -63,7 +68,7 @@ class ClientSettings(BaseSettings):
     clearml_default_output_uri: str | None = None
 
     @classmethod
-    def load(cls, project_dir: Path | None = None) -> ClientSettings:
+    def load(cls, project_dir: Path | None = None) -> Self:
         """Read the settings of the project at `project_dir` (default: MLSTACK_PROJECT_DIR, else found from
         the current folder): its `.env`, overridden by the environment."""
         project_dir = (project_dir or Path(os.environ.get("MLSTACK_PROJECT_DIR") or find_project_dir())).resolve()
