@@ -7,6 +7,7 @@ missing native binary fails the run instead of skipping it.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -21,14 +22,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from mlstack.bootstrap import run_steps
-from mlstack.bootstrap.mlflow import CLIENT_STEPS
 from mlstack.envfile import read_env, update_env
 from mlstack.errors import MissingToolError
 from mlstack.runtime.docker import engine_answers
 from mlstack.runtime.native.tools import find_tools
 from mlstack.secrets import init_env
 from mlstack.settings import SECRET_FIELDS, Settings
+from mlstack.workflows import MlflowService
 from tests.stack import DockerStack, LiveStack, NativeStack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,8 +173,9 @@ def mlflow_stack() -> Iterator[LiveStack]:
         # what `mlstack up` does next: the client settings and account in .env. The login stays there,
         # not in this process's environment: each test gets it as a user's process does (see
         # client_environment)
-        run_steps(CLIENT_STEPS, settings, lambda result: None)
-        stack.settings = Settings.load(settings.project_dir)
+        service = MlflowService(settings, stack.runtime, Console(file=io.StringIO()))
+        service.client_account()
+        stack.settings = service.settings
         yield stack
     finally:
         stack.stop()

@@ -24,6 +24,11 @@ def http_ok(url: str, timeout: float = 2.0, verify: bool = True) -> bool:
         return False
 
 
+def clearml_answers(api_url: str) -> bool:
+    """True when the ClearML apiserver at `api_url` answers its ping."""
+    return http_ok(f"{api_url}/debug.ping")
+
+
 def postgres_ok(dsn: str) -> bool:
     """True when PostgreSQL accepts a password login with `dsn`."""
     try:

@@ -282,7 +282,7 @@ def test_an_upgrade_whose_migration_fails_restores_the_data_without_migrating_ag
 
 def test_mlstack_upgrade_backs_up_migrates_and_restarts(project, round_trip):
     upgraded = ok(run_mlstack(project, "upgrade", "--runtime", "native"))
-    assert "upgraded: the schema is current" in upgraded
+    assert "upgraded: the mlflow stack is current and up" in upgraded
     backups = Settings.load(project).backup_path
     assert list(backups.glob("mlstack-mlflow-*.tar")), "the backup before it"
     assert backups.stat().st_mode & 0o077 == 0, "the default backup folder is private"

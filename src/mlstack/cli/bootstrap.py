@@ -42,9 +42,9 @@ def bootstrap(
         steps = list(MINIO_STEPS if storage_only else MLFLOW_STACK_STEPS)
     if stack != "mlflow" and not storage_only:
         from mlstack.bootstrap.clearml import clearml_steps
-        from mlstack.health import http_ok
+        from mlstack.health import clearml_answers
 
-        if http_ok(f"{settings.clearml_api_url}/debug.ping"):
+        if clearml_answers(settings.clearml_api_url):
             steps += clearml_steps()
         else:
             problem = f"no ClearML apiserver answers at {settings.clearml_api_url}"

@@ -7,35 +7,36 @@ from typing import Annotated, Literal
 
 import typer
 
-from mlstack.cli.common import RuntimeOption, app, console, project_settings, report_step
+from mlstack.cli.common import RuntimeOption, app, console, project_settings
 from mlstack.errors import MlstackError
 from mlstack.settings import RuntimeName, StackName
 
 
-def _stack_runtime(command: str, stack: StackName, runtime: RuntimeName | None):
-    """The runtime of a running stack (backup, restore and upgrade talk to its services)."""
+def _stack_service(command: str, stack: StackName, runtime: RuntimeName | None):
+    """The service of a running stack (backup, restore and upgrade talk to its services)."""
     from mlstack.bootstrap.preflight import require_mlflow_stack
-    from mlstack.health import http_ok
+    from mlstack.health import clearml_answers
     from mlstack.runtime import select_runtime
+    from mlstack.workflows import stack_service
 
     settings = project_settings()
     if stack == "mlflow":
         require_mlflow_stack(settings, command=f"mlstack {command}", server=command != "upgrade")
-    elif not http_ok(f"{settings.clearml_api_url}/debug.ping"):
+    elif not clearml_answers(settings.clearml_api_url):
         raise MlstackError(
             f"no ClearML apiserver answers at {settings.clearml_api_url}: start it with `make up STACK=clearml`"
         )
-    return select_runtime(settings, console, runtime, stack)
+    return stack_service(settings, select_runtime(settings, console, runtime, stack), console)
 
 
 def _maintained(stack: str) -> list[StackName]:
     """The stacks `--stack` names; with `all`, the ClearML stack only when its server answers."""
-    from mlstack.health import http_ok
+    from mlstack.health import clearml_answers
 
     if stack != "all":
         return [stack]
     settings = project_settings()
-    if http_ok(f"{settings.clearml_api_url}/debug.ping"):
+    if clearml_answers(settings.clearml_api_url):
         return ["mlflow", "clearml"]
     console.print(f"[yellow]skipping the ClearML stack:[/] no apiserver answers at {settings.clearml_api_url}")
     return ["mlflow"]
@@ -59,16 +60,11 @@ def backup(
 ) -> None:
     """One archive per stack, taken while it runs, with a manifest of versions, counts and checksums
     (MLflow: both databases and every artifact; ClearML: MongoDB, Elasticsearch, fileserver). Mode 0600."""
-    from mlstack.maintenance.clearml import backup_clearml
-    from mlstack.maintenance.mlflow import backup_mlflow, print_counts
+    from mlstack.maintenance.mlflow import print_counts
 
     for one in _maintained(stack):
-        chosen = _stack_runtime("backup", one, runtime)
-        folder = output or chosen.settings.backup_path
-        if one == "mlflow":
-            made = backup_mlflow(chosen.settings, chosen, folder, console, include_secrets)
-        else:
-            made = backup_clearml(chosen, folder, console)
+        service = _stack_service("backup", one, runtime)
+        made = service.backup(output or service.settings.backup_path, include_secrets)
         console.print(f"backup: {made.path} ({made.path.stat().st_size:,} bytes)")
         print_counts(console, f"{one}: in the archive", made.manifest.counts)
 
@@ -81,19 +77,10 @@ def restore(
 ) -> None:
     """Restore an archive of `mlstack backup` onto its stack, running and empty (a fresh `make up`) unless
     --force: the archive is checked whole first, the counts afterwards."""
-    from mlstack.bootstrap import run_steps
-    from mlstack.bootstrap.mlflow import CLIENT_STEPS
     from mlstack.maintenance.archive import archive_stack
-    from mlstack.maintenance.clearml import restore_clearml
-    from mlstack.maintenance.mlflow import print_counts, restore_mlflow
+    from mlstack.maintenance.mlflow import print_counts
 
-    stack = archive_stack(archive)
-    chosen = _stack_runtime("restore", stack, runtime)
-    if stack == "clearml":
-        counts = restore_clearml(chosen, archive.resolve(), console, force=force)
-    else:
-        counts = restore_mlflow(chosen.settings, chosen, archive.resolve(), console, force=force)
-        run_steps(CLIENT_STEPS, project_settings(), report_step)
+    counts = _stack_service("restore", archive_stack(archive), runtime).restore(archive.resolve(), force)
     print_counts(console, f"restored from {archive.name}: every count matches the archive's", counts)
 
 
@@ -102,23 +89,9 @@ def upgrade(stack: MaintainedStack = "mlflow", runtime: RuntimeOption = None) ->
     """MLflow: stop the server, back up, run the schema migration, start it again; if the migration
     fails, restore the backup and say so. ClearML: refuse a version jump upstream forbids, back up,
     start the new version; if it does not come up healthy, restore the backup."""
-    from mlstack.maintenance.clearml import backup_clearml, check_upgrade, restore_clearml
-    from mlstack.maintenance.mlflow import upgrade_mlflow
-
     for one in _maintained(stack):
-        chosen = _stack_runtime("upgrade", one, runtime)
-        if one == "mlflow":
-            archive = upgrade_mlflow(chosen.settings, chosen, chosen.settings.backup_path, console)
-            console.print(f"upgraded: the schema is current and the server is up (backup before: {archive})")
-            continue
-        target = check_upgrade(chosen)
-        archive = backup_clearml(chosen, chosen.settings.backup_path, console).path
-        try:
-            chosen.up(refresh=True)
-        except MlstackError as failure:
-            restore_clearml(chosen, archive, console, force=True)
-            raise MlstackError(f"ClearML server {target} did not come up ({failure}); restored {archive}") from None
-        console.print(f"upgraded: ClearML server {target} is up (backup before: {archive})")
+        archive = _stack_service("upgrade", one, runtime).upgrade()
+        console.print(f"upgraded: the {one} stack is current and up (backup before: {archive})")
 
 
 @app.command()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mlstack.cli.common import RuntimeOption, StackOption, app, console, load_settings, project_settings, report_step
+from mlstack.cli.common import RuntimeOption, StackOption, app, console, load_settings, project_settings
 from mlstack.errors import MlstackError
 from mlstack.settings import Settings, StackName
 
@@ -39,26 +39,18 @@ def init(rotate: Annotated[bool, typer.Option(help="Replace existing secrets wit
 @app.command()
 def up(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
     """Start the stacks and wait until every service is healthy; a no-op for a healthy stack."""
-    from mlstack.bootstrap import run_steps
-    from mlstack.bootstrap.mlflow import CLIENT_STEPS
-    from mlstack.doctor import check_max_map_count
     from mlstack.runtime import select_runtimes
-    from mlstack.runtime.native.tools import install_tools
-    from mlstack.secrets import check_secrets
+    from mlstack.workflows import stack_service
 
     settings = _init(settings=project_settings())
-    runtimes = select_runtimes(settings, console, runtime, stack)
-    for chosen in runtimes:
-        check_secrets(settings, chosen.stack)
-    for chosen in runtimes:
-        if chosen.name == "native":
-            install_tools(settings, console)
-        if chosen.stack == "clearml" and (problem := check_max_map_count()):
-            console.print(f"[yellow]warning:[/] {problem}")
-        if chosen.up():
-            console.print(f"[bold green]{chosen.stack} stack is up ({chosen.name})[/]")
-        if chosen.stack == "mlflow":
-            run_steps(CLIENT_STEPS, settings, report_step)
+    services = [
+        stack_service(settings, chosen, console) for chosen in select_runtimes(settings, console, runtime, stack)
+    ]
+    for service in services:  # every stack's secrets before any stack starts
+        service.preflight()
+    for service in services:
+        if service.up():
+            console.print(f"[bold green]{service.stack} stack is up ({service.runtime.name})[/]")
     console.print(f"MLflow tracking server: {settings.mlflow_url}")
 
 

@@ -13,7 +13,6 @@ from rich.console import Console
 from mlstack.errors import CommandError, RuntimeUnavailableError, ServiceStartError
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.native.tools import find_compose
-from mlstack.secrets import check_secrets
 from mlstack.settings import Settings
 from mlstack.tls import ensure_certificate
 
@@ -161,7 +160,6 @@ class DockerRuntime:
     def up(self, refresh: bool = False) -> bool:
         """Start what is missing or unhealthy (a no-op for a healthy stack unless `refresh`: then compose
         recreates every container whose image or configuration changed, as after an upgrade)."""
-        check_secrets(self.settings, self.stack)
         if self.requested_profiles():
             ensure_certificate(self.settings)
         config, containers = self.rendered_config(), self.containers()

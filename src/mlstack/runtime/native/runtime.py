@@ -102,13 +102,12 @@ class NativeRuntime:
 
     def up(self) -> bool:
         """Start every service of the stack's definition in its order, one-shot steps included."""
-        check_secrets(self.settings, "mlflow")
         tools = find_tools(self.settings)
         if all(service.healthy for service in self.status()):
             self.console.print("mlflow stack (native) is already running and healthy: nothing to do")
             return False
         start = {
-            "preflight": lambda: _private_folder(self.settings.state_path),
+            "preflight": self._preflight,
             "postgres": lambda: self._start_postgres(tools),
             "minio": lambda: self._start_minio(tools),
             "storage-bootstrap": lambda: run_steps(MINIO_STEPS, self.settings, self._report),
@@ -120,6 +119,11 @@ class NativeRuntime:
         for service in MLFLOW_STACK.start_order(self.profiles()):
             start[service.name]()
         return True
+
+    def _preflight(self) -> None:
+        """As the compose stack's preflight step: no placeholder secret; the state folder private."""
+        check_secrets(self.settings, "mlflow")
+        _private_folder(self.settings.state_path)
 
     def _report(self, result: StepResult) -> None:
         self.console.print(f"  {result.step}: {result.outcome} ({result.detail})")
