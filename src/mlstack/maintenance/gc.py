@@ -18,6 +18,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from mlstack.errors import ConfigError
 from mlstack.maintenance.bucket import bucket_objects, delete_objects
+from mlstack.mlflow_compat import delete_run_for_good, deleted_run_ids
 from mlstack.settings import Settings
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -58,7 +59,7 @@ def collect_garbage(settings: Settings, older_than: timedelta | None = None, dry
     report = GcReport()
     older_than_ms = int(older_than.total_seconds() * 1000) if older_than else 0
     try:
-        for run_id in store._get_deleted_runs(older_than=older_than_ms):
+        for run_id in deleted_run_ids(store, older_than_ms):
             artifact_uri = store.get_run(run_id).info.artifact_uri
             prefix = _bucket_prefix(settings, artifact_uri)
             if prefix is None:
@@ -71,7 +72,7 @@ def collect_garbage(settings: Settings, older_than: timedelta | None = None, dry
             if dry_run:
                 continue
             delete_objects(settings, [key for key, _ in objects])
-            store._hard_delete_run(run_id)
+            delete_run_for_good(store, run_id)
     finally:
         store.engine.dispose()
     return report

@@ -329,9 +329,11 @@ class ExperimentTracker(Tracker):
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+        from mlstack.mlflow_compat import dataset_entity
+
         self._require_run()
         dataset = mlflow.data.from_pandas(frame, source=source, name=name)
-        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        entry = DatasetInput(dataset_entity(dataset), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
         self._client.log_inputs(self._run_id, datasets=[entry])
 
     def _require_run(self) -> None:
