@@ -96,9 +96,9 @@ def installed_by(requirements: Iterable[str]) -> set[str]:
     return found
 
 
-def imported(folder: Path, leave_out: Path | None = None) -> set[str]:
-    """The distributions the modules under `folder` import (mlstack's own modules they import followed
-    in turn), but none under `leave_out`."""
+def imported(folder: Path, leave_out: Path | None = None) -> dict[str, set[str]]:
+    """The top-level modules the modules under `folder` import (mlstack's own modules they import
+    followed in turn), but none under `leave_out`, each with the distributions that provide it."""
     todo, seen, modules = list(folder.rglob("*.py")), set(), set()
     while todo:
         path = todo.pop()
@@ -120,16 +120,56 @@ def imported(folder: Path, leave_out: Path | None = None) -> set[str]:
                 todo += [file for file in (target.with_suffix(".py"), target / "__init__.py") if file.is_file()]
     modules -= {*sys.stdlib_module_names, "__future__", *CALLERS_OWN}
     owners = packages_distributions()
-    return {canonicalize_name(owners[module][0]) for module in modules}
+    return {module: {canonicalize_name(owner) for owner in owners[module]} for module in modules}
+
+
+def uncovered(modules: dict[str, set[str]], installed: set[str]) -> set[str]:
+    """The modules no distribution of `installed` provides (mlflow: mlflow-skinny or mlflow)."""
+    return {module for module, owners in modules.items() if not owners & installed}
 
 
 def test_the_base_install_is_the_tracking_library_and_the_rest_are_extras():
     base = installed_by(PROJECT["dependencies"])
-    assert not base & {"clearml", "minio", "psycopg", "boto3", "flask-wtf"}, "the stack's or ClearML's in the base"
-    assert imported(TRACKING, leave_out=TRACKING / "clearml") <= base
-    assert imported(TRACKING / "clearml") <= installed_by([*PROJECT["dependencies"], "mlstack[clearml]"])
-    assert imported(SRC / "mlstack") <= installed_by([*PROJECT["dependencies"], "mlstack[stack]"])
+    stack_only = {"clearml", "minio", "psycopg", "boto3", "flask-wtf", "docker", "flask", "gunicorn", "mlflow"}
+    assert not base & stack_only, "the stack's or ClearML's in the base"
+    assert not uncovered(imported(TRACKING, leave_out=TRACKING / "clearml"), base)
+    assert not uncovered(imported(TRACKING / "clearml"), installed_by([*PROJECT["dependencies"], "mlstack[clearml]"]))
+    assert not uncovered(imported(SRC / "mlstack"), installed_by([*PROJECT["dependencies"], "mlstack[stack]"]))
 
 
 def test_make_venv_installs_the_stack_and_the_tests_extras():
     assert "-e '.[stack,test]'" in (REPO / "Makefile").read_text()
+
+
+def test_the_base_install_alone_tracks_a_run_and_logs_a_model(tmp_path):
+    """`pip install mlstack` in a fresh environment, as a user of the library only: a run with a metric
+    and a scikit-learn model in the local store, and none of the stack's tools installed."""
+    import venv
+
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", str(REPO)], capture_output=True, text=True
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".env").write_text("")
+    script = """
+import importlib.util
+import numpy as np
+from sklearn.linear_model import Ridge
+from mlstack.tracking import ExperimentTracker, get_best_run, setup_mlflow
+setup_mlflow("base")
+X = np.arange(12.0).reshape(6, 2)
+with ExperimentTracker("base", run_name="ridge") as run:
+    run.log_metric("loss", 0.5, step=1)
+    run.log_model(Ridge().fit(X, X.sum(1)), name="model", input_example=X[:2])
+assert get_best_run("base", "loss", mode="min") is not None
+present = [name for name in ("docker", "flask", "gunicorn", "minio", "psycopg", "boto3", "clearml")
+           if importlib.util.find_spec(name)]
+assert not present, present
+"""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    tracked = subprocess.run([str(python), "-c", script], cwd=project, env=env, capture_output=True, text=True)
+    assert tracked.returncode == 0, tracked.stderr[-3000:]
