@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
+from mlstack.settings import Settings
 from mlstack.stacks import Service, Stack
 from mlstack.stacks.clearml import CLEARML_STACK
 from mlstack.stacks.mlflow import MLFLOW_STACK
@@ -72,3 +74,28 @@ def test_no_image_is_unpinned():
     for definition in STACKS.values():
         for service in definition.services:
             assert ":" in service.image and not service.image.endswith(":latest"), service.image
+
+
+#: "${VARIABLE:-fallback}" in a compose file
+FALLBACK = re.compile(r"\$\{([A-Z0-9_]+):-([^}]*)\}")
+#: Unset in Settings (mlstack generates them there); compose falls back to where they are generated.
+GENERATED = {"MLFLOW_TLS_CERT": "../../.mlstack/tls/server.pem", "MLFLOW_TLS_KEY": "../../.mlstack/tls/server-key.pem"}
+
+
+def settings_defaults() -> dict[str, str]:
+    """Each setting's default as compose would write it, by its .env name."""
+    defaults = {}
+    for name, field in Settings.model_fields.items():
+        value = None if field.default_factory else field.default
+        if value is not None and not isinstance(value, SecretStr):
+            defaults[(field.alias or name).upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    return defaults | GENERATED
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_compose_fallback_is_the_settings_default(stack):
+    """One default per setting: a compose file's fallback for a variable is Settings' default for it."""
+    fallbacks = set(FALLBACK.findall((INFRA / stack / "compose.yaml").read_text()))
+    assert fallbacks
+    defaults = settings_defaults()
+    assert {(variable, value) for variable, value in fallbacks if defaults.get(variable) != value} == set()
