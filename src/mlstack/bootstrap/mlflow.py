@@ -1,5 +1,6 @@
 """MLflow bootstrap: the client settings users need, written to .env, and (with authentication on)
-the account the team's scripts log with; `MlflowUsers` is the auth app's user API, as its admin."""
+the account the team's scripts log with; `MlflowUsers` is the auth app's user API, as its admin, and
+`reset_stack_logins` the same app's database when its server is stopped."""
 
 from __future__ import annotations
 
@@ -102,6 +103,25 @@ class MlflowUsers:
     def logs_in(self, username: str, password: str) -> bool:
         response = requests.get(f"{self.url}/api/2.0/mlflow/users/current", auth=(username, password), timeout=30)
         return response.status_code == 200
+
+
+def reset_stack_logins(settings: Settings) -> None:
+    """In the auth app's database itself (the server may be stopped: a restore): the admin and the client
+    account take this .env's passwords, so mlstack (and the team's scripts) keep working with the
+    stack's own secrets; everyone else keeps theirs."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(settings.backend_store_uri(database=settings.mlflow_auth_db))
+    logins = {settings.mlflow_auth_admin_username: (settings.mlflow_auth_admin_password.get_secret_value(), True)}
+    if settings.mlflow_tracking_username and settings.mlflow_tracking_password:
+        logins[settings.mlflow_tracking_username] = (settings.mlflow_tracking_password.get_secret_value(), False)
+    for username, (password, is_admin) in logins.items():
+        if store.has_user(username):
+            store.update_user(username, password=password, is_admin=is_admin or None)
+        else:
+            store.create_user(username, password, is_admin=is_admin)
+    store.engine.dispose()
 
 
 def write_client_settings(settings: Settings) -> StepResult:

@@ -29,6 +29,7 @@ from rich.table import Table
 from mlstack.bootstrap import run_steps
 from mlstack.bootstrap.database import DATABASE_STEPS
 from mlstack.bootstrap.minio import minio_admin, root_s3
+from mlstack.bootstrap.mlflow import reset_stack_logins
 from mlstack.errors import BackupError, ServiceStartError
 from mlstack.maintenance.archive import Manifest
 from mlstack.maintenance.bucket import bucket_objects, delete_objects
@@ -151,7 +152,7 @@ class MlflowDatabases:
                 self.runtime.exec("postgres", ["pg_restore", *arguments], stdin=dump)
         run_steps(DATABASE_STEPS, s, lambda result: None)
         if s.mlflow_auth:
-            _reset_stack_logins(s)
+            reset_stack_logins(s)
 
     def counts(self) -> dict[str, int]:
         return database_counts(self.settings)
@@ -294,24 +295,6 @@ def _replace_objects(settings: Settings, folder: Path, console: Console) -> None
         for path in files:
             s3.upload_file(str(path), bucket, path.relative_to(folder).as_posix())
             progress.advance(task, path.stat().st_size)
-
-
-def _reset_stack_logins(settings: Settings) -> None:
-    """The restored user database keeps people's passwords; the admin and the client account take this
-    .env's, so mlstack (and the team's scripts) keep working with the stack's own secrets."""
-    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
-
-    store = SqlAlchemyStore()
-    store.init_db(settings.backend_store_uri(database=settings.mlflow_auth_db))
-    logins = {settings.mlflow_auth_admin_username: (settings.mlflow_auth_admin_password.get_secret_value(), True)}
-    if settings.mlflow_tracking_username and settings.mlflow_tracking_password:
-        logins[settings.mlflow_tracking_username] = (settings.mlflow_tracking_password.get_secret_value(), False)
-    for username, (password, is_admin) in logins.items():
-        if store.has_user(username):
-            store.update_user(username, password=password, is_admin=is_admin or None)
-        else:
-            store.create_user(username, password, is_admin=is_admin)
-    store.engine.dispose()
 
 
 def print_counts(console: Console, title: str, counts: dict[str, int]) -> None:
