@@ -241,11 +241,6 @@ def _holding(counts: dict[str, int]) -> str | None:
     )
 
 
-def stack_counts(settings: Settings) -> dict[str, int]:
-    """What the running stack holds now: rows per table, auth users, objects and bytes in the bucket."""
-    return database_counts(settings) | ArtifactBucket(settings).counts()
-
-
 def backup_mlflow(
     settings: Settings, runtime: MlflowStackRuntime, output: Path, console: Console, include_secrets: bool = False
 ) -> Backup:

@@ -168,14 +168,18 @@ class DockerRuntime:
         if not refresh and not missing and all(service.healthy for service in judge_services(config, containers)):
             self.console.print(f"{self.stack} stack (docker) is already running and healthy: nothing to do")
             return False
-        profiles = [option for profile in wanted for option in ("--profile", profile)]
+        with self.console.status(f"docker compose up --wait ({self.stack})"):
+            self._up_and_wait(wanted, "--build")
+        return True
+
+    def _up_and_wait(self, profiles: list[str], *args: str) -> None:
+        """`compose up --detach --wait` with `profiles` on; a failure names each unhealthy service."""
+        options = [option for profile in profiles for option in ("--profile", profile)]
         wait = ("--wait", "--wait-timeout", str(self.up_timeout))
         try:
-            with self.console.status(f"docker compose up --wait ({self.stack})"):
-                self.compose(*profiles, "up", "--detach", *wait, "--build", timeout=self.up_timeout)
+            self.compose(*options, "up", "--detach", *wait, *args, timeout=self.up_timeout)
         except ServiceStartError as failure:
             raise ServiceStartError(self.startup_report(str(failure))) from None
-        return True
 
     def startup_report(self, failure: str) -> str:
         """Why `up` failed: compose's own error, then each unhealthy service with its last log lines."""
@@ -205,13 +209,8 @@ class DockerRuntime:
         the MLflow server and, with MLFLOW_TLS, its TLS front, without touching the stores."""
         if migrate:
             self.migrate()
-        profiles = [option for profile in self.requested_profiles() for option in ("--profile", profile)]
-        services = ["mlflow", *(["tls-proxy"] if self.requested_profiles() else [])]
-        wait = ("--wait", "--wait-timeout", str(self.up_timeout))
-        try:
-            self.compose(*profiles, "up", "--detach", "--no-deps", *wait, *services, timeout=self.up_timeout)
-        except ServiceStartError as failure:
-            raise ServiceStartError(self.startup_report(str(failure))) from None
+        profiles = self.requested_profiles()
+        self._up_and_wait(profiles, "--no-deps", "mlflow", *(["tls-proxy"] if profiles else []))
 
     def migrate(self) -> None:
         self.compose("run", "--rm", "migrate", timeout=self.up_timeout)
