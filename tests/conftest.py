@@ -41,10 +41,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_with_grpc() -> int:
+    """A free port whose SeaweedFS gRPC twin (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
 def scratch_stack_env() -> dict[str, str]:
     """.env values for a scratch stack: free ports, and the repo's built tools (built once, not per test)."""
     return {
         "POSTGRES_PORT": str(free_port()),
+        "S3_PORT": str(free_port_with_grpc()),
+        "SEAWEEDFS_MASTER_PORT": str(free_port_with_grpc()),
+        "SEAWEEDFS_VOLUME_PORT": str(free_port_with_grpc()),
+        "SEAWEEDFS_FILER_PORT": str(free_port_with_grpc()),
+        "SEAWEEDFS_METRICS_PORT": str(free_port()),
+        # a stack made before SeaweedFS (the move's tests): its MinIO
         "MINIO_API_PORT": str(free_port()),
         "MINIO_CONSOLE_PORT": str(free_port()),
         "MLFLOW_PORT": str(free_port()),
@@ -106,7 +125,14 @@ def project(tmp_path: Path) -> Settings:
 
 
 #: The ports a user's own stacks listen on by default (.env.example); no test may connect to them.
-DEFAULT_PORTS = {"ClearML API": 8008, "ClearML web": 8080, "ClearML files": 8081, "MLflow": 5000, "MinIO": 9000}
+DEFAULT_PORTS = {
+    "ClearML API": 8008,
+    "ClearML web": 8080,
+    "ClearML files": 8081,
+    "MLflow": 5000,
+    "S3": 8333,
+    "MinIO": 9000,
+}
 
 
 @pytest.fixture(scope="session", autouse=True)

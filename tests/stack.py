@@ -1,5 +1,5 @@
 """A live MLflow stack as tests see it, whichever runtime runs it: URLs, clients for the places
-where effects land (PostgreSQL rows, MinIO objects), and the faults tests inject."""
+where effects land (PostgreSQL rows, objects in the artifact store), and the faults tests inject."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 from rich.console import Console
 
-from mlstack.bootstrap.minio import root_s3, server_s3
+from mlstack.bootstrap.storage import admin_s3, server_s3
 from mlstack.runtime import Runtime
 from mlstack.runtime.docker import DockerRuntime
 from mlstack.runtime.native.runtime import NativeRuntime
@@ -42,12 +42,12 @@ class LiveStack:
 
     @property
     def s3(self):
-        """boto3 S3 client with the MinIO root account (sees every bucket)."""
-        return root_s3(self.settings)
+        """boto3 S3 client with the store's admin identity (sees every bucket)."""
+        return admin_s3(self.settings)
 
     @property
     def server_s3(self):
-        """boto3 S3 client with the MLflow server's own MinIO account."""
+        """boto3 S3 client with the MLflow server's own identity."""
         return server_s3(self.settings)
 
     def pg_connect(self) -> psycopg.Connection:

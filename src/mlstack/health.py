@@ -24,6 +24,15 @@ def http_ok(url: str, timeout: float = 2.0, verify: bool = True) -> bool:
         return False
 
 
+def s3_answers(endpoint: str, timeout: float = 2.0) -> bool:
+    """True when the S3 endpoint answers below 500: SeaweedFS's /healthz answers 200 once its filer is
+    up; another S3 answers it as a bucket (403 or 404), which still says the endpoint serves."""
+    try:
+        return requests.get(f"{endpoint.rstrip('/')}/healthz", timeout=timeout).status_code < 500
+    except requests.RequestException:
+        return False
+
+
 def clearml_answers(api_url: str) -> bool:
     """True when the ClearML apiserver at `api_url` answers its ping."""
     return http_ok(f"{api_url}/debug.ping")

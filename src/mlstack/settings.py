@@ -37,7 +37,7 @@ CLEARML_SECRET_FIELDS = (
 MLFLOW_SECRET_FIELDS = (
     "postgres_password",
     "mlflow_db_password",
-    "minio_root_password",
+    "s3_admin_secret_key",
     "mlflow_s3_secret_key",
     "mlflow_auth_admin_password",
     "mlflow_flask_server_secret_key",
@@ -74,11 +74,24 @@ class Settings(ClientSettings):
     #: Users and permissions of MLflow's basic-auth app, in the same PostgreSQL.
     mlflow_auth_db: str = "mlflow_auth"
 
+    #: The artifact store's S3 API: the stack's SeaweedFS, or your own S3 when MLSTACK_S3_ENDPOINT names it
+    #: (then the native runtime starts no SeaweedFS; compose: the service's address inside the network).
+    s3_port: int = 8333
+    s3_endpoint: str | None = Field(default=None, alias="MLSTACK_S3_ENDPOINT")
+    #: The store's admin: creates the bucket, backs up, restores, collects garbage; never the server's.
+    s3_admin_access_key: str = Field(default="mlstack-admin", min_length=1)
+    s3_admin_secret_key: SecretStr = SecretStr("")
+    #: SeaweedFS's inner ports (native runtime, bound to 127.0.0.1; each gRPC port is this one + 10000).
+    seaweedfs_master_port: int = 9333
+    seaweedfs_volume_port: int = 9334
+    seaweedfs_filer_port: int = 9335
+    seaweedfs_metrics_port: int = 9336
+    #: A stack made before SeaweedFS kept its artifacts in MinIO: its root account and ports, read only
+    #: while `up` moves those artifacts (mlstack.maintenance.minio_move).
     minio_root_user: str = "mlstack-root"
     minio_root_password: SecretStr = SecretStr("")
     minio_api_port: int = 9000
     minio_console_port: int = 9001
-    minio_endpoint: str | None = Field(default=None, alias="MLSTACK_MINIO_ENDPOINT")
 
     mlflow_artifact_bucket: str = "mlflow-artifacts"
     mlflow_s3_access_key: str = "mlflow-server"
@@ -157,8 +170,8 @@ class Settings(ClientSettings):
         return (self.tools_dir or self.state_path / "tools").resolve()
 
     @property
-    def minio_url(self) -> str:
-        return self.minio_endpoint or f"http://127.0.0.1:{self.minio_api_port}"
+    def s3_url(self) -> str:
+        return self.s3_endpoint or f"http://127.0.0.1:{self.s3_port}"
 
     @property
     def mlflow_url(self) -> str:

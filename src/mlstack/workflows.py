@@ -44,10 +44,11 @@ class StackService:
 class MlflowService(StackService):
     def up(self) -> bool:
         """The stack, then the client account in .env (the team's scripts log in with it)."""
+        from mlstack.maintenance.minio_move import move_pending
         from mlstack.runtime.native.tools import install_tools
 
         if self.runtime.name == "native":
-            install_tools(self.settings, self.console)
+            install_tools(self.settings, self.console, minio=move_pending(self.settings))
         started = self.runtime.up()
         self.client_account()
         return started

@@ -3,8 +3,10 @@ against native services on free ports: the PostgreSQL healthcheck proves TCP (no
 the image's init server answers on), and the bootstrap one-shots wait for a service that is not
 there yet instead of failing `up --wait`.
 
-A container's view is mapped, nothing else changed: the service name `postgres` or `minio` is
-127.0.0.1, the container's port the scratch port, its default socket folder a scratch one."""
+A container's view is mapped, nothing else changed: the service name `postgres` is 127.0.0.1,
+the container's port the scratch port, its default socket folder a scratch one; the storage
+one-shot's S3 endpoint (`http://seaweedfs:8333`) is the native SeaweedFS's (MLSTACK_S3_ENDPOINT,
+the setting that names the store)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import psycopg
 import pytest
 from rich.console import Console
 
-from mlstack.bootstrap.minio import root_s3
+from mlstack.bootstrap.storage import admin_s3
 from mlstack.errors import MissingToolError
 from mlstack.health import wait_until
 from mlstack.runtime.native.runtime import NativeRuntime
@@ -178,17 +180,20 @@ def test_database_bootstrap_refused_login_fails_at_once_naming_it(rendered, nati
 def test_storage_bootstrap_waits_for_the_object_store_to_start(rendered, native, project, tmp_path):
     runtime, tools, _ = native
     service = rendered["storage-bootstrap"]
-    environment = {**service["environment"], "MLSTACK_MINIO_ENDPOINT": project.minio_url}
+    assert service["environment"]["MLSTACK_S3_ENDPOINT"] == "http://seaweedfs:8333"
+    environment = {**service["environment"], "MLSTACK_S3_ENDPOINT": project.s3_url}
     one_shot = run_one_shot(service, environment, tmp_path / "home")
     try:
         read_until(one_shot, "waiting up to")
-        runtime._start_minio(tools)
+        runtime._start_seaweedfs(tools)
         output, _ = one_shot.communicate(timeout=180)
     finally:
         one_shot.kill()
     assert one_shot.returncode == 0, output
+    assert "MLflow server identity" in output
     assert (
-        root_s3(project).head_bucket(Bucket=project.mlflow_artifact_bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
+        admin_s3(project).head_bucket(Bucket=project.mlflow_artifact_bucket)["ResponseMetadata"]["HTTPStatusCode"]
+        == 200
     )
 
 

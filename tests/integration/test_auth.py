@@ -280,9 +280,9 @@ def test_the_server_role_is_no_superuser_and_cannot_run_programs(mlflow_stack):
     assert owners == [(settings.mlflow_db_user,)], "the role owns every table, sequence and index it migrates"
 
 
-def test_the_servers_environment_holds_no_superuser_or_root_secret(mlflow_stack):
+def test_the_servers_environment_holds_no_superuser_or_store_admin_secret(mlflow_stack):
     settings = mlflow_stack.settings
-    secrets = {settings.postgres_password.get_secret_value(), settings.minio_root_password.get_secret_value()}
+    secrets = {settings.postgres_password.get_secret_value(), settings.s3_admin_secret_key.get_secret_value()}
     environments = mlflow_stack.server_environments()
     assert environments, "no MLflow server process was found to inspect"
     for environment in environments:

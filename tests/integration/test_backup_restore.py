@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from rich.console import Console
 from sklearn.linear_model import Ridge
 
-from mlstack.bootstrap.minio import root_s3
+from mlstack.bootstrap.storage import admin_s3
 from mlstack.envfile import read_env, update_env
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.settings import Settings
@@ -65,7 +65,7 @@ def everything(settings: Settings) -> dict:
                 "aliases": "SELECT name, alias, version FROM registered_model_aliases",
             }.items()
         }
-    s3 = root_s3(settings)
+    s3 = admin_s3(settings)
     objects = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.mlflow_artifact_bucket):
         for item in page.get("Contents", []):
@@ -150,8 +150,11 @@ def round_trip(project, tmp_path_factory):
 def ports(settings: Settings) -> dict[str, object]:
     return {
         "POSTGRES_PORT": settings.postgres_port,
-        "MINIO_API_PORT": settings.minio_api_port,
-        "MINIO_CONSOLE_PORT": settings.minio_console_port,
+        "S3_PORT": settings.s3_port,
+        "SEAWEEDFS_MASTER_PORT": settings.seaweedfs_master_port,
+        "SEAWEEDFS_VOLUME_PORT": settings.seaweedfs_volume_port,
+        "SEAWEEDFS_FILER_PORT": settings.seaweedfs_filer_port,
+        "SEAWEEDFS_METRICS_PORT": settings.seaweedfs_metrics_port,
         "MLFLOW_PORT": settings.mlflow_port,
         "MLSTACK_TOOLS_DIR": settings.tools_path,
     }
@@ -318,5 +321,5 @@ def test_gc_frees_what_deleted_runs_held_and_never_touches_live_ones(project, ro
 
 
 def objects_under(settings: Settings, prefix: str) -> list[str]:
-    listing = root_s3(settings).list_objects_v2(Bucket=settings.mlflow_artifact_bucket, Prefix=prefix)
+    listing = admin_s3(settings).list_objects_v2(Bucket=settings.mlflow_artifact_bucket, Prefix=prefix)
     return [item["Key"] for item in listing.get("Contents", [])]

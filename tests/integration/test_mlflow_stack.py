@@ -1,4 +1,4 @@
-"""The MLflow stack end to end: effects checked where they land (PostgreSQL rows, MinIO objects)."""
+"""The MLflow stack end to end: effects checked where they land (PostgreSQL rows, objects in SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,14 @@ import requests
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from pydantic import SecretStr
 
 from mlstack.bootstrap import MLFLOW_STACK_STEPS, Outcome, run_steps
+from mlstack.bootstrap.storage import s3_client
+from mlstack.envfile import update_env
+from mlstack.errors import ConfigError
+from mlstack.secrets import generate_secret
+from mlstack.settings import Settings
 from tests.conftest import client_environment
 from tests.stack import DockerStack
 
@@ -51,7 +57,7 @@ def test_logged_metrics_are_rows_in_postgres(mlflow_stack, client):
     assert param == ("0.5",)
 
 
-def test_logged_artifact_is_an_object_in_the_minio_bucket(mlflow_stack, client, tmp_path):
+def test_logged_artifact_is_an_object_in_the_bucket(mlflow_stack, client, tmp_path):
     experiment_id, run_id = new_run(client)
     artifact = tmp_path / "report.txt"
     artifact.write_text("validation report")
@@ -82,13 +88,13 @@ def test_server_account_reaches_only_the_artifact_bucket(mlflow_stack):
     assert server.get_object(Bucket=mlflow_stack.bucket, Key="probe/allowed.txt")["Body"].read() == b"ok"
 
 
-def test_server_environment_holds_no_root_credentials(mlflow_stack):
-    root_password = mlflow_stack.settings.minio_root_password.get_secret_value()
+def test_server_environment_holds_no_admin_credentials(mlflow_stack):
+    admin_secret = mlflow_stack.settings.s3_admin_secret_key.get_secret_value()
     environments = mlflow_stack.server_environments()
     assert environments, "no MLflow server process found"
     for environment in environments:
-        assert not any(name.startswith("MINIO_ROOT") for name in environment)
-        assert root_password not in environment.values()
+        assert not any(name.startswith("S3_ADMIN") for name in environment)
+        assert admin_secret not in environment.values()
         assert environment["AWS_ACCESS_KEY_ID"] == mlflow_stack.settings.mlflow_s3_access_key
 
 
@@ -104,14 +110,30 @@ def test_bootstrap_twice_changes_nothing_the_second_time(mlflow_stack):
     assert oct(settings.env_file.stat().st_mode & 0o777) == oct(0o600)
 
 
-def test_bootstrap_repairs_a_server_account_whose_secret_drifted(mlflow_stack):
-    from mlstack.bootstrap.minio import ensure_server_account, minio_admin
+def test_bootstrap_names_a_server_key_the_store_refuses(mlflow_stack):
+    from mlstack.bootstrap.storage import check_server_identity
 
+    wrong = mlflow_stack.settings.model_copy(update={"mlflow_s3_secret_key": SecretStr("not-the-key-0123456789")})
+    with pytest.raises(
+        ConfigError, match=f"S3 key {wrong.mlflow_s3_access_key} cannot list bucket {wrong.mlflow_artifact_bucket}"
+    ):
+        check_server_identity(wrong)
+
+
+def test_a_server_key_rotated_in_env_is_the_only_one_after_a_restart(mlflow_stack, client, tmp_path):
     settings = mlflow_stack.settings
-    minio_admin(settings).user_add(settings.mlflow_s3_access_key, "drifted-secret-value-123")
+    old = settings.mlflow_s3_secret_key.get_secret_value()
+    update_env(settings.env_file, {"MLFLOW_S3_SECRET_KEY": generate_secret()})
+    mlflow_stack.settings = mlflow_stack.runtime.settings = Settings.load(settings.project_dir)
+    mlflow_stack.restart_stack()
 
-    assert ensure_server_account(settings).outcome == Outcome.UPDATED
-    assert ensure_server_account(settings).outcome == Outcome.PRESENT
+    with pytest.raises(ClientError):
+        s3_client(mlflow_stack.settings, settings.mlflow_s3_access_key, old).list_objects_v2(Bucket=mlflow_stack.bucket)
+    experiment_id, run_id = new_run(client)
+    (tmp_path / "after.txt").write_text("after rotation")
+    client.log_artifact(run_id, str(tmp_path / "after.txt"))
+    key = f"{experiment_id}/{run_id}/artifacts/after.txt"
+    assert mlflow_stack.server_s3.get_object(Bucket=mlflow_stack.bucket, Key=key)["Body"].read() == b"after rotation"
 
 
 def test_unknown_host_header_is_refused_and_configured_hosts_work(mlflow_stack):

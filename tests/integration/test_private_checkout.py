@@ -95,12 +95,12 @@ def test_first_run_in_a_private_folder_up_status_fault_repair_down_and_restart(p
     run_id = client.create_run(experiment_id).info.run_id
     client.log_metric(run_id, "loss", 0.25, step=7)
 
-    runtime.kill("minio")
+    runtime.kill("seaweedfs")
     down_status = mlstack(private_clone, "status", *STACK)
     assert down_status.returncode != 0
-    assert "minio" in down_status.stdout and "not running" in down_status.stdout
+    assert "seaweedfs" in down_status.stdout and "not running" in down_status.stdout
     failed = one_clear_line(mlstack(private_clone, "bootstrap", "--stack", "mlflow"))
-    assert "MinIO does not answer" in failed and "make up" in failed
+    assert "The artifact store (S3) does not answer" in failed and "make up" in failed
 
     repaired = mlstack(private_clone, "up", *STACK)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr

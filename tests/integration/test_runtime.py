@@ -18,8 +18,8 @@ def mlstack(settings, *args: str) -> subprocess.CompletedProcess:
 
 def test_status_reports_every_service_running_and_healthy(mlflow_stack):
     statuses = {service.name: service for service in mlflow_stack.runtime.status()}
-    assert {"postgres", "minio", "mlflow"} <= set(statuses)
-    assert all(statuses[name].running and statuses[name].healthy for name in ("postgres", "minio", "mlflow"))
+    assert {"postgres", "seaweedfs", "mlflow"} <= set(statuses)
+    assert all(statuses[name].running and statuses[name].healthy for name in ("postgres", "seaweedfs", "mlflow"))
     assert all(service.healthy for service in statuses.values())  # docker: one-shot steps completed
 
 
@@ -30,7 +30,7 @@ def test_second_up_on_a_running_stack_is_a_no_op(mlflow_stack):
 def test_cli_status_and_up_on_a_running_stack(mlflow_stack):
     status = mlstack(mlflow_stack.settings, "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    for service in ("postgres", "minio", "mlflow"):
+    for service in ("postgres", "seaweedfs", "mlflow"):
         assert service in status.stdout
 
     again = mlstack(mlflow_stack.settings, "up")

@@ -1,6 +1,6 @@
 """`mlstack demo` end to end against the live stack (ClearML offline), run twice as a user would after
 `make up`: runs in PostgreSQL, the champion alias on the newest version, plots and the model as
-objects in MinIO, and the plots real PNG images."""
+objects in the artifact store, and the plots real PNG images."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_the_second_run_adds_a_version_and_the_champion_alias_points_at_it(mlflo
     assert (version, run_id) == (2, parent_runs(mlflow_stack)[-1][0])
 
 
-def test_plots_and_the_model_are_objects_in_minio(mlflow_stack, demo_runs):
+def test_plots_and_the_model_are_objects_in_the_bucket(mlflow_stack, demo_runs):
     keys = object_keys(mlflow_stack)
     for run_id, _, _ in parent_runs(mlflow_stack):
         stored = {key.split(f"{run_id}/artifacts/", 1)[1] for key in keys if f"{run_id}/artifacts/" in key}
@@ -91,7 +91,7 @@ def test_plots_and_the_model_are_objects_in_minio(mlflow_stack, demo_runs):
     assert "MLmodel" in model_files and {"model.pkl", "model.skops"} & model_files, model_files
 
 
-def test_plots_are_real_png_images_in_minio_and_under_reports(mlflow_stack, demo_runs):
+def test_plots_are_real_png_images_in_the_bucket_and_under_reports(mlflow_stack, demo_runs):
     newest = parent_runs(mlflow_stack)[-1][0]
     keys = object_keys(mlflow_stack)
     for plot in PLOTS:

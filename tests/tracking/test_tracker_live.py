@@ -1,4 +1,4 @@
-"""Trackers against the live stack: effects checked where they land (PostgreSQL rows, MinIO objects)."""
+"""Trackers against the live stack: effects checked where they land (PostgreSQL rows, objects in the bucket)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def artifact_keys(stack, run_id: str) -> set[str]:
     }
 
 
-def test_a_tracked_run_stores_params_tags_every_metric_point_and_artifacts_in_minio(mlflow_stack, experiment, tmp_path):
+def test_a_tracked_run_stores_params_tags_every_metric_point_and_artifacts_in_the_bucket(mlflow_stack, experiment, tmp_path):
     report = tmp_path / "report.txt"
     report.write_text("residuals ok")
     figure, axes = plt.subplots()

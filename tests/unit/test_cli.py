@@ -38,14 +38,14 @@ def test_second_init_keeps_secrets(project):
 
 
 def test_up_refuses_a_well_known_default_secret_and_starts_nothing(project):
-    update_env(project.env_file, {"MINIO_ROOT_PASSWORD": "minioadmin"})
+    update_env(project.env_file, {"S3_ADMIN_SECRET_KEY": "minioadmin"})
 
     result = mlstack(project.project_dir, "up", "--runtime", "native")
 
     assert result.returncode == 1
-    assert "MINIO_ROOT_PASSWORD is a well-known default" in result.stdout
+    assert "S3_ADMIN_SECRET_KEY is a well-known default" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
-    assert read_env(project.env_file)["MINIO_ROOT_PASSWORD"] == "minioadmin"
+    assert read_env(project.env_file)["S3_ADMIN_SECRET_KEY"] == "minioadmin"
     assert not (project.state_path / "run").exists()
 
 
@@ -122,10 +122,11 @@ def test_bootstrap_names_each_service_of_the_stack_that_does_not_answer(project,
 
     answering = {"postgres"}
     monkeypatch.setattr(preflight, "postgres_ok", lambda dsn: "postgres" in answering)
-    monkeypatch.setattr(preflight, "http_ok", lambda url: ("minio" if "/minio/" in url else "mlflow") in answering)
-    with pytest.raises(StackNotReadyError, match=rf"MinIO does not answer at {project.minio_url}"):
+    monkeypatch.setattr(preflight, "s3_answers", lambda url: "s3" in answering)
+    monkeypatch.setattr(preflight, "http_ok", lambda url: "mlflow" in answering)
+    with pytest.raises(StackNotReadyError, match=rf"The artifact store \(S3\) does not answer at {project.s3_url}"):
         preflight.require_mlflow_stack(project)
-    answering.add("minio")
+    answering.add("s3")
     with pytest.raises(StackNotReadyError, match=rf"the MLflow server does not answer at {project.mlflow_url}"):
         preflight.require_mlflow_stack(project)
     answering.add("mlflow")
@@ -135,13 +136,13 @@ def test_bootstrap_names_each_service_of_the_stack_that_does_not_answer(project,
 def test_a_service_that_stops_answering_mid_bootstrap_is_one_clear_error(project):
     import pytest
 
-    from mlstack.bootstrap import MINIO_STEPS, run_steps
+    from mlstack.bootstrap import STORAGE_STEPS, run_steps
     from mlstack.errors import StackNotReadyError
 
     with pytest.raises(
         StackNotReadyError, match="bootstrap step 'artifact bucket' failed: a service stopped answering"
     ):
-        run_steps(MINIO_STEPS, project, lambda result: None)
+        run_steps(STORAGE_STEPS, project, lambda result: None)
 
 
 def test_doctor_judges_only_what_the_selected_stack_needs(project, monkeypatch):
@@ -205,7 +206,7 @@ def test_user_add_refuses_a_name_that_is_not_a_plain_login_before_reaching_the_s
 
 def test_help_loads_none_of_the_heavy_libraries():
     """Each command imports what it needs when it runs: `mlstack --help` (and a typo) stay instant."""
-    heavy = ("mlflow", "clearml", "boto3", "botocore", "psycopg", "docker", "minio", "sklearn", "pandas", "requests")
+    heavy = ("mlflow", "clearml", "boto3", "botocore", "psycopg", "docker", "sklearn", "pandas", "requests")
     code = (
         "import sys, runpy\n"
         "sys.argv = ['mlstack', '--help']\n"

@@ -46,7 +46,7 @@ def test_initdb_reads_a_password_file_private_from_its_first_byte(project, tmp_p
     monkeypatch.setattr(native.subprocess, "run", fake_initdb)
     previous = os.umask(0)  # even a permissive umask must not open the file up
     try:
-        runtime._initdb(NativeTools(postgres_bin=Path("/usr/lib/postgresql/15/bin"), minio=Path("minio")))
+        runtime._initdb(NativeTools(postgres_bin=Path("/usr/lib/postgresql/15/bin"), weed=Path("weed")))
     finally:
         os.umask(previous)
 

@@ -130,7 +130,7 @@ def uncovered(modules: dict[str, set[str]], installed: set[str]) -> set[str]:
 
 def test_the_base_install_is_the_tracking_library_and_the_rest_are_extras():
     base = installed_by(PROJECT["dependencies"])
-    stack_only = {"clearml", "minio", "psycopg", "boto3", "flask-wtf", "docker", "flask", "gunicorn", "mlflow"}
+    stack_only = {"clearml", "psycopg", "boto3", "flask-wtf", "docker", "flask", "gunicorn", "mlflow"}
     assert not base & stack_only, "the stack's or ClearML's in the base"
     assert not uncovered(imported(TRACKING, leave_out=TRACKING / "clearml"), base)
     assert not uncovered(imported(TRACKING / "clearml"), installed_by([*PROJECT["dependencies"], "mlstack[clearml]"]))

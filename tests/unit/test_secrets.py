@@ -85,14 +85,14 @@ def test_weak_values_are_named_with_their_reason(value, reason):
 def test_check_secrets_names_each_offending_variable_but_not_its_value(project):
     from mlstack.envfile import update_env
 
-    update_env(project.env_file, {"MINIO_ROOT_PASSWORD": "minioadmin", "POSTGRES_PASSWORD": PLACEHOLDER})
+    update_env(project.env_file, {"S3_ADMIN_SECRET_KEY": "minioadmin", "POSTGRES_PASSWORD": PLACEHOLDER})
     settings = Settings.load(project.project_dir)
 
     with pytest.raises(PlaceholderSecretError) as error:
         check_secrets(settings, "mlflow")
 
     message = str(error.value)
-    assert "MINIO_ROOT_PASSWORD is a well-known default" in message
+    assert "S3_ADMIN_SECRET_KEY is a well-known default" in message
     assert "POSTGRES_PASSWORD is still a placeholder" in message
     assert "mlstack init" in message
     assert "MLFLOW_S3_SECRET_KEY" not in message

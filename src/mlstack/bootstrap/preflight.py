@@ -8,7 +8,7 @@ from functools import partial
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from mlstack.errors import StackNotReadyError
-from mlstack.health import http_ok, postgres_ok
+from mlstack.health import http_ok, postgres_ok, s3_answers
 from mlstack.settings import Settings
 
 
@@ -24,7 +24,7 @@ def require_mlflow_stack(
     (within `wait` seconds, `waiting` told once per service it waits for), and that `command` can
     run once it does. `server=False`: the stores only (an upgrade may find the server stopped)."""
     fix = f"start the stack with `make up` (`mlstack status` shows each service), then run `{command}` again"
-    probes = [("MinIO", settings.minio_url, lambda: http_ok(f"{settings.minio_url}/minio/health/live"))]
+    probes = [("The artifact store (S3)", settings.s3_url, lambda: s3_answers(settings.s3_url))]
     if not storage_only:
         probes = [
             (

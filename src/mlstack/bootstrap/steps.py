@@ -15,7 +15,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 from mlstack.errors import ConfigError, StackNotReadyError
 from mlstack.settings import Settings
 
-#: What a step raises when the service it talks to goes away mid-run (S3, MinIO admin, HTTP, Postgres).
+#: What a step raises when the service it talks to goes away mid-run (S3, HTTP, Postgres).
 _UNREACHABLE = (
     BotoCoreError,
     urllib3.exceptions.HTTPError,

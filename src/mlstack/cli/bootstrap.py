@@ -15,7 +15,7 @@ from mlstack.errors import MlstackError
 def bootstrap(
     stack: StackOption = "all",
     storage_only: Annotated[
-        bool, typer.Option(help="Only the MinIO steps (the compose stack's storage-bootstrap service).")
+        bool, typer.Option(help="Only the artifact store's steps (the compose stack's storage-bootstrap service).")
     ] = False,
     database_only: Annotated[
         bool, typer.Option(help="Only the PostgreSQL steps (the compose stack's database-bootstrap service).")
@@ -25,9 +25,9 @@ def bootstrap(
         typer.Option(help="Seconds to keep trying a service that does not answer yet (the compose one-shots).", min=0),
     ] = 0.0,
 ) -> None:
-    """Ordered, idempotent steps against the running stacks: MLflow's bucket, policy, server account,
+    """Ordered, idempotent steps against the running stacks: MLflow's bucket, server identity,
     client settings and client account; ClearML's client credentials, clearml.conf and default queue."""
-    from mlstack.bootstrap import MINIO_STEPS, MLFLOW_STACK_STEPS, Outcome, run_steps
+    from mlstack.bootstrap import MLFLOW_STACK_STEPS, STORAGE_STEPS, Outcome, run_steps
     from mlstack.bootstrap.database import DATABASE_STEPS
     from mlstack.bootstrap.preflight import require_mlflow_stack
 
@@ -39,7 +39,7 @@ def bootstrap(
     steps = []
     if stack != "clearml":
         require_mlflow_stack(settings, storage_only, wait=wait, waiting=console.print)
-        steps = list(MINIO_STEPS if storage_only else MLFLOW_STACK_STEPS)
+        steps = list(STORAGE_STEPS if storage_only else MLFLOW_STACK_STEPS)
     if stack != "mlflow" and not storage_only:
         from mlstack.bootstrap.clearml import clearml_steps
         from mlstack.health import clearml_answers

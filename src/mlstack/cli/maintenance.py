@@ -113,3 +113,26 @@ def gc(
     console.print(f"gc: {verb} {len(report.runs)} deleted runs, {report.objects} objects, {report.bytes:,} bytes")
     for run_id, where in report.skipped.items():
         console.print(f"gc: left run {run_id} alone: its artifacts are at {where}, not in this stack's bucket")
+
+
+@app.command("move-from-minio")
+def move_from_minio_command(
+    source: Annotated[str, typer.Option(help="The MinIO holding the stack's artifacts from before SeaweedFS.")],
+    wait: Annotated[float, typer.Option(help="Seconds to keep trying a store that does not answer yet.", min=0)] = 0.0,
+) -> None:
+    """Copy every bucket and object of a MinIO (its root account: MINIO_ROOT_USER/PASSWORD) into the
+    artifact store, each verified by sha256; rerun after an interruption (what is there is kept).
+    `mlstack up` runs it for a stack made before SeaweedFS (the compose stack's minio-move step)."""
+    from mlstack.bootstrap.preflight import require_mlflow_stack
+    from mlstack.cli.common import load_settings
+    from mlstack.maintenance.minio_move import move_from_minio
+
+    settings = load_settings()
+    require_mlflow_stack(
+        settings, storage_only=True, command="mlstack move-from-minio", wait=wait, waiting=console.print
+    )
+    report = move_from_minio(settings, source, console.print)
+    console.print(
+        f"moved {sum(report.buckets.values())} objects ({report.copied} copied, {report.already_there} already "
+        f"there, {report.bytes:,} bytes) from {source} to {settings.s3_url}; MinIO's data is untouched"
+    )

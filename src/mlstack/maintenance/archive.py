@@ -27,7 +27,7 @@ CHUNK = 1024 * 1024
 class Manifest:
     stack: str
     created: str
-    #: Component versions (mlflow, postgres, minio, mlstack) and the schema revisions.
+    #: Component versions (mlflow, postgres, the S3 store, mlstack) and the schema revisions.
     versions: dict[str, str]
     #: What the stack held: rows per table, objects and bytes in the bucket.
     counts: dict[str, int]

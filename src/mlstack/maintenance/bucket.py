@@ -1,10 +1,10 @@
-"""The MLflow stack's artifact bucket, as backup, restore and gc walk and empty it (root account)."""
+"""The MLflow stack's artifact bucket, as backup, restore and gc walk and empty it (the store's admin)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from mlstack.bootstrap.minio import root_s3
+from mlstack.bootstrap.storage import admin_s3
 from mlstack.settings import Settings
 
 DELETE_BATCH = 1000  # S3's limit per DeleteObjects request
@@ -13,7 +13,7 @@ DELETE_BATCH = 1000  # S3's limit per DeleteObjects request
 def bucket_objects(settings: Settings, prefix: str = "") -> Iterator[tuple[str, int]]:
     """(key, size) of every object under `prefix`, all pages."""
     pages = (
-        root_s3(settings)
+        admin_s3(settings)
         .get_paginator("list_objects_v2")
         .paginate(Bucket=settings.mlflow_artifact_bucket, Prefix=prefix)
     )
@@ -23,7 +23,7 @@ def bucket_objects(settings: Settings, prefix: str = "") -> Iterator[tuple[str, 
 
 
 def delete_objects(settings: Settings, keys: Iterable[str]) -> None:
-    s3, keys = root_s3(settings), list(keys)
+    s3, keys = admin_s3(settings), list(keys)
     for start in range(0, len(keys), DELETE_BATCH):
         chunk = [{"Key": key} for key in keys[start : start + DELETE_BATCH]]
         s3.delete_objects(Bucket=settings.mlflow_artifact_bucket, Delete={"Objects": chunk, "Quiet": True})

@@ -12,7 +12,6 @@ backup as it was, without migrating again.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,8 +27,8 @@ from rich.table import Table
 
 from mlstack.bootstrap import run_steps
 from mlstack.bootstrap.database import DATABASE_STEPS
-from mlstack.bootstrap.minio import minio_admin, root_s3
 from mlstack.bootstrap.mlflow import reset_stack_logins
+from mlstack.bootstrap.storage import admin_s3
 from mlstack.errors import BackupError, ServiceStartError
 from mlstack.maintenance.archive import Manifest
 from mlstack.maintenance.bucket import bucket_objects, delete_objects
@@ -86,9 +85,9 @@ def _component_versions(settings: Settings) -> dict[str, str]:
             "SELECT version_num FROM alembic_version" if _has_table(connection, "alembic_version") else "SELECT ''"
         ).fetchone()
         versions["auth_schema"] = row[0] if row else ""
-    with contextlib.suppress(Exception):  # the version is informative; a MinIO without admin info still backs up
-        servers = json.loads(minio_admin(settings).info()).get("servers", [])
-        versions["minio"] = servers[0].get("version", "") if servers else ""
+    with contextlib.suppress(Exception):  # informative: the store's Server header (SeaweedFS names its version)
+        answer = admin_s3(settings).head_bucket(Bucket=settings.mlflow_artifact_bucket)
+        versions["s3"] = answer["ResponseMetadata"]["HTTPHeaders"].get("server", "")
     return versions
 
 
@@ -167,7 +166,7 @@ class ArtifactBucket:
     name: str = "bucket"
 
     def dump(self, folder: Path, console: Console) -> dict[str, int]:
-        objects, s3 = list(bucket_objects(self.settings)), root_s3(self.settings)
+        objects, s3 = list(bucket_objects(self.settings)), admin_s3(self.settings)
         with _progress(console) as progress:
             task = progress.add_task(f"copying {len(objects)} objects", total=sum(size for _, size in objects))
             for key, size in objects:
@@ -283,7 +282,7 @@ def _recreate_database(settings: Settings, database: str) -> None:
 def _replace_objects(settings: Settings, folder: Path, console: Console) -> None:
     """Make the bucket hold exactly the archive's objects."""
     delete_objects(settings, [key for key, _ in bucket_objects(settings)])
-    s3, bucket = root_s3(settings), settings.mlflow_artifact_bucket
+    s3, bucket = admin_s3(settings), settings.mlflow_artifact_bucket
     files = [path for path in sorted(folder.rglob("*")) if path.is_file()] if folder.is_dir() else []
     with _progress(console) as progress:
         task = progress.add_task(f"restoring {len(files)} objects", total=sum(path.stat().st_size for path in files))

@@ -11,6 +11,7 @@ from typing import IO
 from rich.console import Console
 
 from mlstack.errors import CommandError, RuntimeUnavailableError, ServiceStartError
+from mlstack.maintenance.minio_move import MoveReport, record_path, write_record
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.native.tools import find_compose
 from mlstack.settings import Settings
@@ -143,8 +144,33 @@ class DockerRuntime:
         return env
 
     def requested_profiles(self) -> list[str]:
-        """Profiles the settings ask for: the TLS front with MLFLOW_TLS=true."""
-        return ["tls"] if self.stack == "mlflow" and self.settings.mlflow_tls else []
+        """Profiles on now: the TLS front with MLFLOW_TLS=true; the move of a stack's artifacts from
+        before SeaweedFS while its MinIO volume exists and no finished move is recorded."""
+        if self.stack != "mlflow":
+            return []
+        return [*(["tls"] if self.settings.mlflow_tls else []), *(["minio-move"] if self._minio_move_due() else [])]
+
+    def _minio_volume(self) -> str:
+        return f"{self.rendered_config()['name']}_minio-data"
+
+    def _minio_move_due(self) -> bool:
+        if record_path(self.settings).exists():
+            return False
+        inspect = ["docker", "volume", "inspect", self._minio_volume()]
+        return subprocess.run(inspect, capture_output=True, env=self._env()).returncode == 0
+
+    def _finish_minio_move(self) -> None:
+        """The move step completed (compose waited for it): record it, remove MinIO's containers, keep its volume."""
+        volume = self._minio_volume()
+        self.console.print(self.last_log_lines("minio-move"))
+        write_record(
+            self.settings, MoveReport(source="minio (compose)", destination="seaweedfs"), f"docker volume {volume}"
+        )
+        self.compose(*ALL_PROFILES, "rm", "--force", "--stop", "minio", "minio-move")
+        self.console.print(
+            f"artifacts moved from MinIO to SeaweedFS, each verified; MinIO's data stays in volume {volume}: "
+            f"`docker volume rm {volume}` once you no longer need it"
+        )
 
     def rendered_config(self) -> dict:
         """The compose file as compose resolves it, every profile's services included (no engine needed)."""
@@ -170,6 +196,8 @@ class DockerRuntime:
             return False
         with self.console.status(f"docker compose up --wait ({self.stack})"):
             self._up_and_wait(wanted, "--build")
+        if "minio-move" in wanted:
+            self._finish_minio_move()
         return True
 
     def _up_and_wait(self, profiles: list[str], *args: str) -> None:

@@ -1,11 +1,14 @@
-"""The MLflow stack: PostgreSQL (backend store and the auth app's users), MinIO (artifacts), the
-tracking server, and its optional TLS front. infra/mlflow/compose.yaml runs the same."""
+"""The MLflow stack: PostgreSQL (backend store and the auth app's users), SeaweedFS (artifacts, over
+S3), the tracking server, and its optional TLS front; for a stack made before SeaweedFS, the MinIO
+that holds its old artifacts and the step that moves them. infra/mlflow/compose.yaml runs the same."""
 
 from mlstack.stacks import Port, Service, Stack
 
 #: Our images (services/): the bootstrap steps (the `mlstack` CLI) and the tracking server with the store plugin.
 BOOTSTRAP_IMAGE = "mlstack/bootstrap:0.2.2"
 SERVER_IMAGE = "mlstack/mlflow-server:3.17.2-mlstack.6"
+#: The last community MinIO image: read-only source of the move to SeaweedFS (mlstack.maintenance.minio_move).
+MINIO_IMAGE = "minio/minio:RELEASE.2025-09-07T16-13-09Z"
 
 MLFLOW_STACK = Stack(
     "mlflow",
@@ -21,15 +24,28 @@ MLFLOW_STACK = Stack(
             data=("postgres-data",),
         ),
         Service(
-            "minio",
-            "minio/minio:RELEASE.2025-09-07T16-13-09Z",
+            "seaweedfs",
+            "chrislusf/seaweedfs:4.48",
             waits_for=("preflight",),
-            ports=(Port("MINIO_API_PORT", 9000), Port("MINIO_CONSOLE_PORT", 9001)),
+            ports=(Port("S3_PORT", 8333),),
+            health="/healthz",
+            data=("seaweedfs-data",),
+        ),
+        # the artifact bucket (as the store's admin), and a check that the server's identity works in it
+        Service("storage-bootstrap", BOOTSTRAP_IMAGE, waits_for=("seaweedfs",), one_shot=True),
+        # A stack made before SeaweedFS: its MinIO, and the step copying every object over, verified
+        # (on while the state folder has no record of a finished move).
+        Service(
+            "minio",
+            MINIO_IMAGE,
+            waits_for=("preflight",),
             health="/minio/health/live",
             data=("minio-data",),
+            profile="minio-move",
         ),
-        # the artifact bucket and the server's own S3 account
-        Service("storage-bootstrap", BOOTSTRAP_IMAGE, waits_for=("minio",), one_shot=True),
+        Service(
+            "minio-move", BOOTSTRAP_IMAGE, waits_for=("minio", "storage-bootstrap"), one_shot=True, profile="minio-move"
+        ),
         # the server's database role and the auth app's database
         Service("database-bootstrap", BOOTSTRAP_IMAGE, waits_for=("postgres",), one_shot=True),
         # `mlflow db upgrade`
@@ -37,7 +53,7 @@ MLFLOW_STACK = Stack(
         Service(
             "mlflow",
             SERVER_IMAGE,
-            waits_for=("postgres", "minio", "migrate", "storage-bootstrap"),
+            waits_for=("postgres", "seaweedfs", "migrate", "storage-bootstrap", "minio-move"),
             ports=(Port("MLFLOW_PORT", 5000),),
             health="/health",
         ),

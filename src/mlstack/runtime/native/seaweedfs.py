@@ -1,0 +1,81 @@
+"""SeaweedFS as the native runtime runs it: `weed server` (master, volume server, filer and S3 gateway
+in one process), its S3 identities and its security configuration.
+
+Only the S3 API answers clients, with the identities from .env (`seaweedfs_identities`). The inner
+ports (master, volume, filer and their gRPC twins) listen on 127.0.0.1 only; their HTTP sides
+refuse anything unsigned (JWT keys in security.toml, new at every start), so another local user
+cannot read or write objects past S3. The compose stack keeps them on its own network instead.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+from mlstack.bootstrap.storage import seaweedfs_identities
+from mlstack.envfile import write_private
+from mlstack.settings import Settings
+
+IDENTITIES = "identities.json"
+SECURITY = "security.toml"
+#: SeaweedFS's rule: each gRPC port is its HTTP port plus this.
+GRPC_OFFSET = 10000
+
+
+def seaweedfs_command(settings: Settings, weed: Path, data: Path, config: Path) -> list[str]:
+    """`weed server` on the settings' ports, data in `data`, identities from `config`; run it in
+    `config` (where it reads security.toml)."""
+    s = settings
+    ports = {
+        "master": s.seaweedfs_master_port,
+        "volume": s.seaweedfs_volume_port,
+        "filer": s.seaweedfs_filer_port,
+        "s3": s.s3_port,
+    }
+    return [
+        str(weed),
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={data}",
+        "-master.telemetry=false",
+        *(
+            flag
+            for name, port in ports.items()
+            for flag in (f"-{name}.port={port}", f"-{name}.port.grpc={port + GRPC_OFFSET}")
+        ),
+        "-filer",
+        "-s3",
+        f"-s3.ip.bind={s.bind_address}",
+        f"-s3.config={config / IDENTITIES}",
+        # the S3 gateway's Iceberg and Lance catalogs: not part of this stack
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-metricsIp=127.0.0.1",
+        f"-metricsPort={s.seaweedfs_metrics_port}",
+    ]
+
+
+def identities_json(settings: Settings) -> str:
+    return json.dumps(seaweedfs_identities(settings), indent=2)
+
+
+def identities_current(settings: Settings, config: Path) -> bool:
+    """The identities SeaweedFS started with are still .env's (a change needs a restart)."""
+    path = config / IDENTITIES
+    return path.is_file() and path.read_text() == identities_json(settings)
+
+
+def write_config(settings: Settings, config: Path) -> None:
+    """Write the identities (from .env) and fresh JWT keys into `config`, owner-only, before a start."""
+    config.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config.chmod(0o700)
+    write_private(config / IDENTITIES, identities_json(settings))
+    write_private(config / SECURITY, security_toml())
+
+
+def security_toml() -> str:
+    """Signing keys for the volume servers' and the filer's HTTP sides, reads and writes."""
+    sections = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+    return "".join(f'[{name}]\nkey = "{secrets.token_hex(32)}"\nexpires_after_seconds = 10\n\n' for name in sections)
