@@ -48,7 +48,9 @@ install-tools: venv
 demo: venv
 	$(MLSTACK) demo
 
-test: install-tools
+# the tests also need MinIO: the move from a stack made with it, and a second real S3 server
+test: venv
+	$(MLSTACK) install-tools --compose --minio
 	$(BIN)/python -m pytest
 
 lint: venv

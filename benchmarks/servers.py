@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +80,11 @@ def start_process(command: list[str], env: dict[str, str], workdir: Path, health
     return process
 
 
-def start_mlflow(settings: Settings, candidate: Candidate, workdir: Path) -> tuple[ManagedProcess, str]:
+def start_mlflow(
+    settings: Settings, candidate: Candidate, workdir: Path, env_overrides: Mapping[str, str] | None = None
+) -> tuple[ManagedProcess, str]:
+    """`candidate` on a free port; `env_overrides` replace entries of the server's environment (another
+    artifact store: MLFLOW_S3_ENDPOINT_URL and the AWS keys)."""
     port = free_port()
     auth = settings.mlflow_auth and candidate.auth != "off"
     command = [
@@ -98,6 +102,7 @@ def start_mlflow(settings: Settings, candidate: Candidate, workdir: Path) -> tup
         check = "mlflow.server.auth:authenticate_request_basic_auth"
         config.write_text(auth_config(database_uri, settings.mlflow_auth_default_permission, cache, check))
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+    env.update(env_overrides or {})
     return start_process(command, env, workdir, f"{url}/health"), url
 
 

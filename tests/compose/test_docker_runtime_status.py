@@ -20,7 +20,7 @@ from tests.compose.conftest import run_compose
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 REAL_RUN = subprocess.run
 MLFLOW_ONE_SHOT = ("preflight", "database-bootstrap", "storage-bootstrap", "migrate")
-MLFLOW_LONG_RUNNING = {"postgres": (5432,), "minio": (9000, 9001), "mlflow": (5000,)}
+MLFLOW_LONG_RUNNING = {"postgres": (5432,), "seaweedfs": (8333,), "mlflow": (5000,)}
 CLEARML_SERVICES = ("mongo", "redis", "elasticsearch", "fileserver", "apiserver", "webserver", "async_delete")
 AGENT = "agent-services"
 
@@ -64,15 +64,27 @@ def subcommand(args: list[str]) -> str:
 
 class FakeEngine:
     """Stands in for the engine behind the compose CLI: `ps`, `up`, `logs`, `down` answer from here,
-    `config` (which needs no engine) runs the real CLI. Records each call's arguments and timeout."""
+    `config` (which needs no engine) runs the real CLI; `docker volume inspect` finds `volumes` only.
+    Records each call's arguments and timeout."""
 
-    def __init__(self, containers: list[dict], up_exit: int = 0, up_stderr: str = "", logs: dict | None = None):
+    def __init__(
+        self,
+        containers: list[dict],
+        up_exit: int = 0,
+        up_stderr: str = "",
+        logs: dict | None = None,
+        volumes: tuple[str, ...] = (),
+    ):
         self.ps_output = "\n".join(json.dumps(entry) for entry in containers)
         self.up_exit, self.up_stderr, self.up_hangs = up_exit, up_stderr, False
         self.logs = logs or {}
+        self.volumes = set(volumes)
         self.calls: list[tuple[list[str], float | None]] = []
 
     def __call__(self, command: list[str], **options) -> subprocess.CompletedProcess:
+        if command[:3] == ["docker", "volume", "inspect"]:
+            self.calls.append((command, options.get("timeout")))
+            return subprocess.CompletedProcess(command, 0 if command[3] in self.volumes else 1, "", "")
         args = command[command.index("--env-file") + 2 :]
         self.calls.append((args, options.get("timeout")))
         verb = subcommand(args)
@@ -273,3 +285,32 @@ def test_tls_on_starts_the_tls_profile_with_the_generated_certificate(project, m
     mounts = {volume["target"]: volume["source"] for volume in config["volumes"]}
     assert mounts["/certs/server.pem"] == str(certificate)
     assert config["ports"][0]["host_ip"] == "127.0.0.1", "the front binds where MLFLOW_TLS_BIND_ADDRESS says"
+
+
+def test_a_stack_from_before_seaweedfs_moves_its_minio_data_once_then_removes_minio(project, monkeypatch):
+    from mlstack.maintenance.minio_move import record_path
+
+    volume = "mlstack-mlflow_minio-data"
+    engine = FakeEngine(healthy_mlflow(), volumes=(volume,), logs={"minio-move": "moved 3 objects\n"})
+    runtime = runtime_with(project, monkeypatch, engine)
+
+    assert runtime.requested_profiles() == ["minio-move"]
+    assert runtime.up() is True, "a healthy stack whose MinIO data has not moved is not done"
+    [up_args] = engine.arguments("up")
+    assert up_args[:3] == ["--profile", "minio-move", "up"]
+    assert engine.arguments("rm") == [["--profile", "*", "rm", "--force", "--stop", "minio", "minio-move"]]
+    assert volume in record_path(project).read_text(), "the record names where MinIO's data stays"
+    assert engine.arguments("down") == [], "MinIO's volume is kept"
+
+    assert runtime.requested_profiles() == []
+    assert runtime.up() is False
+    assert len(engine.arguments("up")) == 1
+
+
+def test_a_stack_without_minio_data_never_starts_the_move(project, monkeypatch):
+    engine = FakeEngine(healthy_mlflow())
+    runtime = runtime_with(project, monkeypatch, engine)
+
+    assert runtime.requested_profiles() == []
+    assert runtime.up() is False
+    assert engine.arguments("rm") == []

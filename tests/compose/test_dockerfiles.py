@@ -69,7 +69,8 @@ RUNS_ON = {
     "services/bootstrap/Dockerfile": (
         "mlstack.bootstrap.preflight",
         "mlstack.bootstrap.database",
-        "mlstack.bootstrap.minio",
+        "mlstack.bootstrap.storage",
+        "mlstack.maintenance.minio_move",
         "mlstack.bootstrap.clearml",
     ),
     "services/mlflow-server/Dockerfile": (

@@ -11,14 +11,20 @@ import pytest
 import yaml
 from mlstack_mlflow_store.launch import auth_config, prepare
 
+from mlstack.bootstrap.storage import seaweedfs_identities
 from mlstack.envfile import update_env
+from mlstack.runtime.native.seaweedfs import identities_json
 from mlstack.runtime.native.server import gunicorn_options, mlflow_server_command, mlflow_server_env
+from mlstack.runtime.native.tools import SEAWEEDFS_VERSION
 from mlstack.settings import Settings
+from mlstack.stacks.mlflow import MINIO_IMAGE
 from tests.compose.conftest import run_compose
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = PROJECT_DIR / "infra" / "mlflow" / "compose.yaml"
-ONE_SHOT = {"preflight", "database-bootstrap", "storage-bootstrap", "migrate"}
+ONE_SHOT = {"preflight", "database-bootstrap", "storage-bootstrap", "minio-move", "migrate"}
+#: The services of a stack made before SeaweedFS: its MinIO, and the one-shot moving its objects.
+MINIO_MOVE = {"minio", "minio-move"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +49,9 @@ def test_every_image_is_pinned(compose):
     for name, service in compose["services"].items():
         repository, _, tag = service["image"].rpartition(":")
         assert repository and tag and tag != "latest", f"{name}: {service['image']!r} is not pinned"
-    assert compose["services"]["minio"]["image"] == "minio/minio:RELEASE.2025-09-07T16-13-09Z"
+    # the native runtime's `weed` is the image's version; MinIO is its last community image
+    assert compose["services"]["seaweedfs"]["image"] == f"chrislusf/seaweedfs:{SEAWEEDFS_VERSION}"
+    assert compose["services"]["minio"]["image"] == MINIO_IMAGE == "minio/minio:RELEASE.2025-09-07T16-13-09Z"
 
 
 def test_dockerfiles_pin_their_base_images():
@@ -55,20 +63,32 @@ def test_dockerfiles_pin_their_base_images():
 
 
 def test_server_waits_for_healthy_stores_and_finished_one_shot_steps(compose):
-    depends = compose["services"]["mlflow"]["depends_on"]
-    assert depends["postgres"]["condition"] == depends["minio"]["condition"] == "service_healthy"
-    assert depends["migrate"]["condition"] == "service_completed_successfully"
-    assert depends["storage-bootstrap"]["condition"] == "service_completed_successfully"
-    for store in ("postgres", "minio"):
-        assert compose["services"][store]["depends_on"]["preflight"]["condition"] == "service_completed_successfully"
+    services = compose["services"]
+    depends = services["mlflow"]["depends_on"]
+    assert depends["postgres"]["condition"] == depends["seaweedfs"]["condition"] == "service_healthy"
+    for step in ("migrate", "storage-bootstrap", "minio-move"):
+        assert depends[step]["condition"] == "service_completed_successfully", step
+    # the move runs in its profile only: the server waits for it then, and starts without it otherwise
+    assert {name for name, how in depends.items() if how.get("required", True) is False} == {"minio-move"}
+    for store in ("postgres", "seaweedfs", "minio"):
+        assert services[store]["depends_on"]["preflight"]["condition"] == "service_completed_successfully"
+    # the move reads a healthy MinIO into a store whose bucket and identities are in place
+    move = services["minio-move"]["depends_on"]
+    assert move["minio"]["condition"] == "service_healthy"
+    assert move["storage-bootstrap"]["condition"] == "service_completed_successfully"
 
 
-def test_server_uses_its_own_minio_account_and_proxies_artifacts(compose):
+def test_server_uses_its_own_s3_identity_and_proxies_artifacts(compose):
     server = compose["services"]["mlflow"]
-    assert server["environment"]["AWS_ACCESS_KEY_ID"].startswith("${MLFLOW_S3_ACCESS_KEY")
-    assert not any("MINIO_ROOT" in str(value) for value in server["environment"].values())
+    environment = server["environment"]
+    assert environment["AWS_ACCESS_KEY_ID"].startswith("${MLFLOW_S3_ACCESS_KEY")
+    assert environment["AWS_SECRET_ACCESS_KEY"].startswith("${MLFLOW_S3_SECRET_KEY")
+    assert environment["MLFLOW_S3_ENDPOINT_URL"] == "${MLSTACK_S3_ENDPOINT:-http://seaweedfs:8333}"
+    # neither the store's admin nor the old MinIO's root account
+    for admin in ("S3_ADMIN", "MINIO_ROOT"):
+        assert not any(admin in name or admin in str(value) for name, value in environment.items()), admin
     assert any(arg.startswith("--artifacts-destination=s3://") for arg in server["command"])
-    assert "MLFLOW_SERVER_ALLOWED_HOSTS" in server["environment"]
+    assert "MLFLOW_SERVER_ALLOWED_HOSTS" in environment
 
 
 def test_compose_cli_accepts_the_stack(compose_cli, generated_env):
@@ -80,7 +100,7 @@ def test_published_ports_bind_to_loopback_by_default(compose_cli, generated_env)
     result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     ports = [port for s in json.loads(result.stdout)["services"].values() for port in s.get("ports", [])]
-    assert {port["published"] for port in ports} == {"5432", "9000", "9001", "5000"}
+    assert {port["published"] for port in ports} == {"5432", "8333", "5000"}
     assert {port["host_ip"] for port in ports} == {"127.0.0.1"}
 
 
@@ -178,15 +198,32 @@ def test_backend_store_works_with_a_password_that_needs_uri_quoting(compose_cli,
 
 
 def test_each_secret_reaches_only_the_services_that_use_it(compose_cli, generated_env):
-    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "config", "--format", "json")
-    services = json.loads(result.stdout)["services"]
+    # a stack made before SeaweedFS: its MinIO's root password in .env; every profile on
+    update_env(generated_env, {"MINIO_ROOT_PASSWORD": "the-old-stacks-minio-root-password-0123"})
+    result = run_compose(compose_cli, COMPOSE_FILE, generated_env, "--profile", "*", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rendered = json.loads(result.stdout)
+    services, configs = rendered["services"], rendered.get("configs", {})
     settings = Settings.load(generated_env.parent)
 
     def holders(secret) -> set[str]:
-        return {name for name, service in services.items() if secret.get_secret_value() in json.dumps(service)}
+        """The services whose definition holds `secret`, or a config (top-level in compose) they mount."""
+        value = secret.get_secret_value()
+
+        def holds(service: dict) -> bool:
+            mounted = [configs[config["source"]] for config in service.get("configs", [])]
+            return any(value in json.dumps(part) for part in (service, *mounted))
+
+        return {name for name, service in services.items() if holds(service)}
 
     assert holders(settings.postgres_password) == {"preflight", "postgres", "database-bootstrap"}
-    assert holders(settings.minio_root_password) == {"preflight", "minio", "storage-bootstrap"}
+    # SeaweedFS takes the admin's key from its identities config, nothing else of it in its environment
+    assert holders(settings.s3_admin_secret_key) == {"preflight", "seaweedfs", "storage-bootstrap", "minio-move"}
+    assert {config["source"] for config in services["seaweedfs"]["configs"]} == {"seaweedfs-identities"}
+    assert not any(service.get("configs") for name, service in services.items() if name != "seaweedfs")
+    assert holders(settings.minio_root_password) == {"minio", "minio-move"}
+    # the server's own key: the store that knows it, the step that checks it, the server; not the move
+    assert holders(settings.mlflow_s3_secret_key) == {"preflight", "seaweedfs", "storage-bootstrap", "mlflow"}
     assert holders(settings.mlflow_db_password) == {"preflight", "database-bootstrap", "migrate", "mlflow"}
     assert holders(settings.mlflow_auth_admin_password) == {"preflight", "mlflow"}
     assert services["migrate"]["depends_on"]["database-bootstrap"]["condition"] == "service_completed_successfully"
@@ -194,6 +231,69 @@ def test_each_secret_reaches_only_the_services_that_use_it(compose_cli, generate
         services["mlflow"]["environment"]["PGPASSWORD"]
         == services["database-bootstrap"]["environment"]["MLFLOW_DB_PASSWORD"]
     )
+
+
+def render(compose_cli, env_file: Path, *profiles: str) -> dict:
+    """The whole compose file (services, configs, ...) as compose renders it from `env_file`."""
+    options = [option for profile in profiles for option in ("--profile", profile)]
+    result = run_compose(compose_cli, COMPOSE_FILE, env_file, *options, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"S3_ADMIN_ACCESS_KEY": "team-admin", "MLFLOW_S3_ACCESS_KEY": "team-server", "MLFLOW_ARTIFACT_BUCKET": "team"},
+    ],
+    ids=["defaults", "changed-in-env"],
+)
+def test_seaweedfs_identities_are_the_native_runtimes(compose_cli, generated_env, changes):
+    """One definition of SeaweedFS's identities (mlstack.bootstrap.storage.seaweedfs_identities), two
+    renderings: the compose config from .env, and the file the native runtime writes."""
+    update_env(generated_env, changes)
+    rendered = render(compose_cli, generated_env)
+    settings = Settings.load(generated_env.parent)
+
+    identities = json.loads(rendered["configs"]["seaweedfs-identities"]["content"])
+    assert identities == seaweedfs_identities(settings) == json.loads(identities_json(settings))
+    # .env's keys (not empty ones both renderings could agree on)
+    assert {identity["name"]: identity["credentials"] for identity in identities["identities"]} == {
+        "admin": [
+            {"accessKey": settings.s3_admin_access_key, "secretKey": settings.s3_admin_secret_key.get_secret_value()}
+        ],
+        "mlflow-server": [
+            {"accessKey": settings.mlflow_s3_access_key, "secretKey": settings.mlflow_s3_secret_key.get_secret_value()}
+        ],
+    }
+    assert all(
+        len(key.get_secret_value()) >= 32 for key in (settings.s3_admin_secret_key, settings.mlflow_s3_secret_key)
+    )
+    # SeaweedFS reads them where compose mounts them
+    seaweedfs = rendered["services"]["seaweedfs"]
+    [mounted] = seaweedfs["configs"]
+    assert mounted["source"] == "seaweedfs-identities"
+    assert f"-s3.config={mounted['target']}" in seaweedfs["command"]
+
+
+def test_minio_runs_only_in_the_move_profile_and_publishes_no_port(compose, compose_cli, generated_env):
+    assert {name for name, service in compose["services"].items() if service.get("profiles")} == {
+        *MINIO_MOVE,
+        "tls-proxy",
+    }
+    for name in MINIO_MOVE:
+        assert compose["services"][name]["profiles"] == ["minio-move"], name
+
+    default = render(compose_cli, generated_env)["services"]
+    assert not MINIO_MOVE & default.keys()
+    moving = render(compose_cli, generated_env, "minio-move")["services"]
+    assert moving.keys() == default.keys() | MINIO_MOVE
+    # the move reaches MinIO inside the stack's network only, and MinIO keeps its old volume
+    assert "ports" not in moving["minio"] and "ports" not in moving["minio-move"]
+    assert [volume["source"] for volume in moving["minio"]["volumes"]] == ["minio-data"]
+    published = {port["published"] for service in moving.values() for port in service.get("ports", [])}
+    assert published == {"5432", "8333", "5000"}
 
 
 def launched(environment: dict[str, str], command: list[str]) -> tuple[list[str], dict[str, str], str | None]:

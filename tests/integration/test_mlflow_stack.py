@@ -287,3 +287,45 @@ def test_stack_restart_keeps_runs_and_artifacts(mlflow_stack, client, tmp_path):
     assert after.get_run(run_id).data.metrics == {"accuracy": 0.93}
     restored = Path(after.download_artifacts(run_id, "model.txt", str(tmp_path / "restored")))
     assert restored.read_text() == "weights"
+
+
+def test_artifact_store_killed_during_uploads_loses_nothing_acknowledged(mlflow_stack, client, tmp_path):
+    """SeaweedFS SIGKILLed while a client uploads: every upload the server acknowledged is there, byte
+    for byte, after `up` restarts the store; the others failed loudly and upload once it is back."""
+    experiment_id, run_id = new_run(client)
+    acknowledged, refused = {}, []
+    some_acknowledged, killed = threading.Event(), threading.Event()
+
+    def upload_until_refused():
+        for index in range(200):
+            path = tmp_path / f"part-{index:03d}.bin"
+            path.write_bytes(os.urandom(256 * 1024))
+            try:
+                client.log_artifact(run_id, str(path), artifact_path="parts")
+            except Exception as error:  # the client's error for the store being gone
+                refused.append((path, error))
+                if killed.is_set():
+                    return
+            else:
+                acknowledged[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+                if len(acknowledged) == 5:
+                    some_acknowledged.set()
+
+    uploader = threading.Thread(target=upload_until_refused)
+    uploader.start()
+    assert some_acknowledged.wait(120)
+    mlflow_stack.runtime.kill("seaweedfs")
+    killed.set()
+    uploader.join(300)
+
+    assert refused, "an upload while the store is gone fails instead of vanishing"
+    mlflow_stack.runtime.up()
+    for path, _ in refused:
+        client.log_artifact(run_id, str(path), artifact_path="parts")
+        acknowledged[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    for name, digest in acknowledged.items():
+        key = f"{experiment_id}/{run_id}/artifacts/parts/{name}"
+        body = mlflow_stack.s3.get_object(Bucket=mlflow_stack.bucket, Key=key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == digest, name
+        downloaded = Path(client.download_artifacts(run_id, f"parts/{name}", str(tmp_path / "down")))
+        assert hashlib.sha256(downloaded.read_bytes()).hexdigest() == digest, name

@@ -30,7 +30,9 @@ def artifact_keys(stack, run_id: str) -> set[str]:
     }
 
 
-def test_a_tracked_run_stores_params_tags_every_metric_point_and_artifacts_in_the_bucket(mlflow_stack, experiment, tmp_path):
+def test_a_tracked_run_stores_params_tags_every_metric_point_and_artifacts_in_the_bucket(
+    mlflow_stack, experiment, tmp_path
+):
     report = tmp_path / "report.txt"
     report.write_text("residuals ok")
     figure, axes = plt.subplots()

@@ -98,6 +98,7 @@ def move_from_minio(settings: Settings, endpoint: str, tell: Callable[[str], Non
 def write_record(settings: Settings, report: MoveReport, kept_at: str) -> Path:
     """Record the finished move (and where MinIO's data stays) so `up` does not run it again."""
     path = record_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.write_text(
         json.dumps({**asdict(report), "minio_data": kept_at, "finished": datetime.now(UTC).isoformat()}, indent=2)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import IO
@@ -156,6 +157,8 @@ class DockerRuntime:
     def _minio_move_due(self) -> bool:
         if record_path(self.settings).exists():
             return False
+        if shutil.which("docker") is None:  # the compose binary alone: no volume of an old stack to find
+            return False
         inspect = ["docker", "volume", "inspect", self._minio_volume()]
         return subprocess.run(inspect, capture_output=True, env=self._env()).returncode == 0
 
@@ -186,7 +189,7 @@ class DockerRuntime:
     def up(self, refresh: bool = False) -> bool:
         """Start what is missing or unhealthy (a no-op for a healthy stack unless `refresh`: then compose
         recreates every container whose image or configuration changed, as after an upgrade)."""
-        if self.requested_profiles():
+        if "tls" in self.requested_profiles():
             ensure_certificate(self.settings)
         config, containers = self.rendered_config(), self.containers()
         wanted = sorted({*started_profiles(config, containers), *self.requested_profiles()})
@@ -237,7 +240,7 @@ class DockerRuntime:
         the MLflow server and, with MLFLOW_TLS, its TLS front, without touching the stores."""
         if migrate:
             self.migrate()
-        profiles = self.requested_profiles()
+        profiles = [profile for profile in self.requested_profiles() if profile == "tls"]
         self._up_and_wait(profiles, "--no-deps", "mlflow", *(["tls-proxy"] if profiles else []))
 
     def migrate(self) -> None:

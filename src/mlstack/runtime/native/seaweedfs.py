@@ -45,6 +45,8 @@ def seaweedfs_command(settings: Settings, weed: Path, data: Path, config: Path) 
             for name, port in ports.items()
             for flag in (f"-{name}.port={port}", f"-{name}.port.grpc={port + GRPC_OFFSET}")
         ),
+        # one volume server: nobody to hand clients over to before it stops (default 10 s)
+        "-volume.preStopSeconds=1",
         "-filer",
         "-s3",
         f"-s3.ip.bind={s.bind_address}",
