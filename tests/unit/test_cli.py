@@ -216,3 +216,21 @@ def test_help_loads_none_of_the_heavy_libraries():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-300:]
+
+
+def test_doctor_names_minio_when_an_old_stacks_artifacts_wait_to_move(project, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mlstack import cli, runtime
+
+    monkeypatch.setenv("MLSTACK_PROJECT_DIR", str(project.project_dir))
+    monkeypatch.setattr("mlstack.runtime.native.tools.find_tools", lambda settings: None)
+    monkeypatch.setattr("mlstack.runtime.native.tools.find_minio", lambda settings: None)
+    monkeypatch.setattr(runtime, "engine_answers", lambda: False)
+    (project.state_path / "native" / "minio" / ".minio.sys").mkdir(parents=True)
+
+    result = CliRunner().invoke(cli.app, ["doctor", "--stack", "mlflow", "--runtime", "native"])
+
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1
+    assert "still in MinIO's data" in said and "install-tools --minio" in said

@@ -112,6 +112,8 @@ def doctor(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
             checks["vm.max_map_count (Elasticsearch)"] = _require_max_map_count
         if chosen is not None and chosen.name == "native":
             checks["native tools"] = partial(tools.find_tools, settings)
+            if one == "mlflow":
+                checks["MinIO (to move this stack's artifacts)"] = partial(_require_minio_for_a_pending_move, settings)
         elif chosen is not None and tools.find_compose(settings) is None:
             problems["compose"] = "the docker runtime needs the compose plugin: `docker compose version` must work"
     for check, run in checks.items():
@@ -124,6 +126,17 @@ def doctor(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
     if problems:
         raise typer.Exit(1)
     console.print(f"[green]✓[/] everything the selected stacks need is here ({', '.join(checks)})")
+
+
+def _require_minio_for_a_pending_move(settings) -> None:
+    from mlstack.maintenance.minio_move import move_pending, native_minio_data
+    from mlstack.runtime.native.tools import find_minio
+
+    if move_pending(settings) and find_minio(settings) is None:
+        raise MlstackError(
+            f"this stack's artifacts are still in MinIO's data at {native_minio_data(settings)}: "
+            "`mlstack install-tools --minio` builds MinIO (Go >= 1.24) so `up` can move them"
+        )
 
 
 def _require_max_map_count() -> None:
