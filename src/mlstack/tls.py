@@ -115,7 +115,17 @@ def _authority(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     )
 
 
-def _server_certificate(key, ca: x509.Certificate, ca_key, names: list[str]) -> bytes:
+def mutual_tls(names: list[str]) -> tuple[bytes, bytes, str]:
+    """A new authority and one certificate it signs for `names`, good as server and as client (the
+    mutual TLS of one process's own services): the authority's PEM, the certificate's, its key's."""
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _authority(ca_key)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    certificate = _server_certificate(key, ca, ca_key, names, usages)
+    return ca.public_bytes(serialization.Encoding.PEM), certificate, _key_pem(key)
+
+
+def _server_certificate(key, ca: x509.Certificate, ca_key, names: list[str], usages: list | None = None) -> bytes:
     now = datetime.datetime.now(datetime.UTC)
     alternatives = []
     for name in names:
@@ -133,7 +143,7 @@ def _server_certificate(key, ca: x509.Certificate, ca_key, names: list[str]) -> 
         .not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
         .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages or [ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )

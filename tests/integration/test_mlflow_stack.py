@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import ssl
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -329,3 +331,54 @@ def test_artifact_store_killed_during_uploads_loses_nothing_acknowledged(mlflow_
         assert hashlib.sha256(body).hexdigest() == digest, name
         downloaded = Path(client.download_artifacts(run_id, f"parts/{name}", str(tmp_path / "down")))
         assert hashlib.sha256(downloaded.read_bytes()).hexdigest() == digest, name
+
+
+def test_seaweedfs_inner_http_refuses_anything_unsigned(mlflow_stack, client, tmp_path):
+    """Past S3, the filer's and the volume server's HTTP sides answer 401 to a local user without the
+    JWT keys of this start: no object is read or written there."""
+    if isinstance(mlflow_stack, DockerStack):
+        pytest.skip("the compose stack keeps SeaweedFS's inner ports on its own network")
+    settings = mlflow_stack.settings
+    experiment_id, run_id = new_run(client)
+    (tmp_path / "inner.txt").write_text("only through S3")
+    client.log_artifact(run_id, str(tmp_path / "inner.txt"))
+    filer = f"http://127.0.0.1:{settings.seaweedfs_filer_port}/buckets/{settings.mlflow_artifact_bucket}"
+    key = f"{experiment_id}/{run_id}/artifacts/inner.txt"
+
+    assert requests.get(f"{filer}/{key}", timeout=10).status_code == 401
+    assert requests.post(f"{filer}/intrusion.txt", files={"file": b"x"}, timeout=10).status_code == 401
+    assignment = requests.get(f"http://127.0.0.1:{settings.seaweedfs_master_port}/dir/assign", timeout=10).json()
+    volume = f"http://127.0.0.1:{settings.seaweedfs_volume_port}/{assignment['fid']}"
+    assert "auth" not in assignment, "the master hands out no write token to anyone who asks"
+    assert requests.post(volume, files={"file": b"x"}, timeout=10).status_code == 401
+    with pytest.raises(ClientError):
+        mlflow_stack.s3.head_object(Bucket=settings.mlflow_artifact_bucket, Key="intrusion.txt")
+
+
+def test_seaweedfs_grpc_sides_refuse_a_client_without_the_certificate(mlflow_stack):
+    """Every gRPC port (master, volume, filer, S3) asks for the client certificate of this start:
+    without it the handshake ends; with it (what SeaweedFS's own parts hold) the port speaks HTTP/2."""
+    if isinstance(mlflow_stack, DockerStack):
+        pytest.skip("the compose stack keeps SeaweedFS's inner ports on its own network")
+    settings = mlflow_stack.settings
+    config = settings.state_path / "native" / "seaweedfs-config"
+    ports = [settings.seaweedfs_master_port, settings.seaweedfs_volume_port, settings.seaweedfs_filer_port]
+    for port in [*ports, settings.s3_port]:
+        grpc = port + 10000
+        with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+            http2_preface(grpc, config, client_certificate=False)
+        assert len(http2_preface(grpc, config, client_certificate=True)) == 9, "a SETTINGS frame"
+
+
+def http2_preface(port: int, config: Path, client_certificate: bool) -> bytes:
+    """Open TLS to `port` trusting SeaweedFS's gRPC authority, send HTTP/2's preface, read a frame header."""
+    context = ssl.create_default_context(cafile=str(config / "grpc-ca.pem"))
+    context.set_alpn_protocols(["h2"])
+    if client_certificate:
+        context.load_cert_chain(config / "grpc.pem", config / "grpc-key.pem")
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        return tls.recv(9)

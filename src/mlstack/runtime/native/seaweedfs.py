@@ -2,9 +2,10 @@
 in one process), its S3 identities and its security configuration.
 
 Only the S3 API answers clients, with the identities from .env (`seaweedfs_identities`). The inner
-ports (master, volume, filer and their gRPC twins) listen on 127.0.0.1 only; their HTTP sides
-refuse anything unsigned (JWT keys in security.toml, new at every start), so another local user
-cannot read or write objects past S3. The compose stack keeps them on its own network instead.
+ports (master, volume, filer and their gRPC twins) listen on 127.0.0.1 only, and nobody else on the
+machine gets past S3 through them: their HTTP sides refuse anything unsigned (JWT keys) and their
+gRPC sides anyone without the client certificate (mutual TLS). security.toml names both, made new
+at every start in the owner-only config folder. The compose stack keeps them on its own network.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from pathlib import Path
 from mlstack.bootstrap.storage import seaweedfs_identities
 from mlstack.envfile import write_private
 from mlstack.settings import Settings
+from mlstack.tls import mutual_tls
 
 IDENTITIES = "identities.json"
 SECURITY = "security.toml"
+#: The parts of `weed server` that serve gRPC, and its own clients of them.
+GRPC_PARTS = ("master", "volume", "filer", "s3", "client")
 #: SeaweedFS's rule: each gRPC port is its HTTP port plus this.
 GRPC_OFFSET = 10000
 
@@ -74,10 +78,19 @@ def write_config(settings: Settings, config: Path) -> None:
     config.mkdir(parents=True, exist_ok=True, mode=0o700)
     config.chmod(0o700)
     write_private(config / IDENTITIES, identities_json(settings))
-    write_private(config / SECURITY, security_toml())
+    authority, certificate, key = mutual_tls(["localhost", "127.0.0.1"])
+    (config / "grpc-ca.pem").write_bytes(authority)
+    (config / "grpc.pem").write_bytes(certificate)
+    write_private(config / "grpc-key.pem", key)
+    write_private(config / SECURITY, security_toml(config))
 
 
-def security_toml() -> str:
-    """Signing keys for the volume servers' and the filer's HTTP sides, reads and writes."""
+def security_toml(config: Path) -> str:
+    """Signing keys for the volume servers' and the filer's HTTP sides (reads and writes), and the
+    mutual TLS of every gRPC side: one authority, one certificate for all parts of this process."""
     sections = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
-    return "".join(f'[{name}]\nkey = "{secrets.token_hex(32)}"\nexpires_after_seconds = 10\n\n' for name in sections)
+    jwt = "".join(f'[{name}]\nkey = "{secrets.token_hex(32)}"\nexpires_after_seconds = 10\n\n' for name in sections)
+    grpc = f'[grpc]\nca = "{config / "grpc-ca.pem"}"\n\n' + "".join(
+        f'[grpc.{part}]\ncert = "{config / "grpc.pem"}"\nkey = "{config / "grpc-key.pem"}"\n\n' for part in GRPC_PARTS
+    )
+    return jwt + grpc
