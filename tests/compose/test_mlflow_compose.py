@@ -353,3 +353,11 @@ def test_the_launcher_writes_the_auth_configuration_private_then_runs_mlflow(tmp
     config = tmp_path / "basic_auth.ini"
     assert config.stat().st_mode & 0o777 == 0o600
     assert "database_uri = postgresql+psycopg://u@h/db" in config.read_text()
+
+
+def test_compose_seaweedfs_takes_the_native_runtimes_volume_limits(compose):
+    """The same room for every bucket in both runtimes (mlstack.runtime.native.seaweedfs.VOLUME_LIMITS)."""
+    from mlstack.runtime.native.seaweedfs import VOLUME_LIMITS
+
+    command = compose["services"]["seaweedfs"]["command"]
+    assert set(VOLUME_LIMITS) <= set(command)

@@ -43,6 +43,7 @@ def test_inner_ports_are_the_settings_own_on_loopback_and_only_s3_follows_the_bi
     assert given["master.telemetry"] == "false", "no statistics leave the machine"
     assert given["s3.port.iceberg"] == given["s3.port.lance"] == "0", "no listener beyond the stack's ports"
     assert given["s3.config"] == str(tmp_path / "config" / IDENTITIES)
+    assert given["master.volumeSizeLimitMB"] == "1024" and given["volume.max"] == "0", "room for every bucket"
 
 
 def test_configuration_is_private_and_signing_keys_are_new_at_every_start(project, tmp_path):

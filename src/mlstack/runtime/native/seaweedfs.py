@@ -23,6 +23,9 @@ IDENTITIES = "identities.json"
 SECURITY = "security.toml"
 #: The parts of `weed server` that serve gRPC, and its own clients of them.
 GRPC_PARTS = ("master", "volume", "filer", "s3", "client")
+#: Volumes of 1 GB, as many as the disk holds: with the defaults (8 volumes of 30 GB, 7 taken by each
+#: bucket's first write) a third bucket gets no volume and every write to it fails (InternalError).
+VOLUME_LIMITS = ("-master.volumeSizeLimitMB=1024", "-volume.max=0")
 #: SeaweedFS's rule: each gRPC port is its HTTP port plus this.
 GRPC_OFFSET = 10000
 
@@ -51,6 +54,7 @@ def seaweedfs_command(settings: Settings, weed: Path, data: Path, config: Path) 
         ),
         # one volume server: nobody to hand clients over to before it stops (default 10 s)
         "-volume.preStopSeconds=1",
+        *VOLUME_LIMITS,
         "-filer",
         "-s3",
         f"-s3.ip.bind={s.bind_address}",
