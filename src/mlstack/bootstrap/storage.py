@@ -69,16 +69,22 @@ def seaweedfs_identities(settings: Settings) -> dict:
     }
 
 
-def ensure_bucket(settings: Settings) -> StepResult:
-    s3, bucket = admin_s3(settings), settings.mlflow_artifact_bucket
+def create_bucket_if_missing(s3, bucket: str) -> bool:
+    """Create `bucket` with the client `s3` unless it exists; True when it was created."""
     try:
         s3.head_bucket(Bucket=bucket)
-        return StepResult("artifact bucket", Outcome.PRESENT, bucket)
+        return False
     except ClientError as error:
         if error.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
             raise
     s3.create_bucket(Bucket=bucket)
-    return StepResult("artifact bucket", Outcome.CREATED, bucket)
+    return True
+
+
+def ensure_bucket(settings: Settings) -> StepResult:
+    bucket = settings.mlflow_artifact_bucket
+    created = create_bucket_if_missing(admin_s3(settings), bucket)
+    return StepResult("artifact bucket", Outcome.CREATED if created else Outcome.PRESENT, bucket)
 
 
 def check_server_identity(settings: Settings) -> StepResult:

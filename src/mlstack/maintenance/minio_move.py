@@ -21,7 +21,7 @@ from typing import IO
 
 from botocore.exceptions import ClientError
 
-from mlstack.bootstrap.storage import admin_s3, s3_client
+from mlstack.bootstrap.storage import admin_s3, create_bucket_if_missing, s3_client
 from mlstack.errors import MlstackError
 from mlstack.settings import Settings
 
@@ -69,7 +69,7 @@ def move_from_minio(settings: Settings, endpoint: str, tell: Callable[[str], Non
     source, destination = minio_s3(settings, endpoint), admin_s3(settings)
     report = MoveReport(source=endpoint, destination=settings.s3_url)
     for bucket in [item["Name"] for item in source.list_buckets().get("Buckets", [])]:
-        _ensure_bucket(destination, bucket)
+        create_bucket_if_missing(destination, bucket)
         keys = [
             (item["Key"], item["Size"])
             for page in source.get_paginator("list_objects_v2").paginate(Bucket=bucket)
@@ -104,15 +104,6 @@ def write_record(settings: Settings, report: MoveReport, kept_at: str) -> Path:
     )
     path.chmod(0o600)
     return path
-
-
-def _ensure_bucket(s3, bucket: str) -> None:
-    try:
-        s3.head_bucket(Bucket=bucket)
-    except ClientError as error:
-        if error.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
-            raise
-        s3.create_bucket(Bucket=bucket)
 
 
 def _copy_verified(source, destination, bucket: str, key: str) -> bool:

@@ -189,10 +189,11 @@ class DockerRuntime:
     def up(self, refresh: bool = False) -> bool:
         """Start what is missing or unhealthy (a no-op for a healthy stack unless `refresh`: then compose
         recreates every container whose image or configuration changed, as after an upgrade)."""
-        if "tls" in self.requested_profiles():
+        requested = self.requested_profiles()
+        if "tls" in requested:
             ensure_certificate(self.settings)
         config, containers = self.rendered_config(), self.containers()
-        wanted = sorted({*started_profiles(config, containers), *self.requested_profiles()})
+        wanted = sorted({*started_profiles(config, containers), *requested})
         missing = set(wanted) - set(started_profiles(config, containers))
         if not refresh and not missing and all(service.healthy for service in judge_services(config, containers)):
             self.console.print(f"{self.stack} stack (docker) is already running and healthy: nothing to do")
@@ -240,7 +241,7 @@ class DockerRuntime:
         the MLflow server and, with MLFLOW_TLS, its TLS front, without touching the stores."""
         if migrate:
             self.migrate()
-        profiles = [profile for profile in self.requested_profiles() if profile == "tls"]
+        profiles = ["tls"] if self.settings.mlflow_tls else []
         self._up_and_wait(profiles, "--no-deps", "mlflow", *(["tls-proxy"] if profiles else []))
 
     def migrate(self) -> None:
