@@ -114,6 +114,8 @@ class Settings(ClientSettings):
     mlflow_allowed_hosts: str = "localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow,mlflow:*"
     #: Names (or IPs) other machines reach the server by, comma-separated; added to the allowed hosts.
     mlflow_public_hosts: str = ""
+    #: where the server reads the AI gateway's model catalog; empty: the one bundled with MLflow
+    mlflow_model_catalog_uri: str = ""
     #: The TLS front (Caddy): HTTPS on MLFLOW_TLS_PORT, bound to MLFLOW_TLS_BIND_ADDRESS, before the server.
     mlflow_tls: bool = False
     mlflow_tls_port: int = 5443

@@ -29,6 +29,7 @@ from tests.conftest import REQUIRED_RUNTIME, free_port, make_project, run_mlstac
 pytestmark = pytest.mark.integration
 
 ALICE_PASSWORD = "alice-password-0123456789"
+ALICE = ("alice", ALICE_PASSWORD)
 #: Small limits per route family, so a body past each is cheap to send.
 BODY_LIMIT = 64 * 1024
 GRAPHQL_LIMIT = 16 * 1024
@@ -218,3 +219,82 @@ def test_each_family_keeps_its_own_limit_at_the_front(team_stack):
         f"{front}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["0"]}, auth=("alice", ALICE_PASSWORD), verify=ca
     )
     assert fits.status_code == 200, fits.text
+
+
+OTLP_SCRIPT = textwrap.dedent(
+    """
+    import base64, sys
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    url, experiment_id, login, ca = sys.argv[1:5]
+    login = "Basic " + base64.b64encode(login.encode()).decode()
+    headers = {"x-mlflow-experiment-id": experiment_id, "Authorization": login}
+    exporter = OTLPSpanExporter(endpoint=url + "/v1/traces", headers=headers, certificate_file=ca)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("otlp-probe").start_as_current_span("feature-pipeline") as parent:
+        with provider.get_tracer("otlp-probe").start_as_current_span("load-data") as child:
+            child.set_attribute("rows", 1000)
+    print(format(parent.get_span_context().trace_id, "032x"))
+    """
+)
+
+
+def send_spans(url: str, experiment_id: str, login: str, ca: Path, home: Path) -> str:
+    """An OpenTelemetry SDK (any language's would do) exporting two spans over OTLP/HTTP: the trace id."""
+    sent = subprocess.run(
+        [sys.executable, "-c", OTLP_SCRIPT, url, experiment_id, login, str(ca)],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=home,
+    )
+    assert sent.returncode == 0, sent.stderr
+    return sent.stdout.strip()
+
+
+def test_an_opentelemetry_sdk_sends_traces_through_the_tls_front(team_stack, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    settings, address, ca = team_stack
+    url = f"https://{address}:{settings.mlflow_tls_port}"
+    created = requests.post(
+        f"{url}/api/2.0/mlflow/experiments/create", json={"name": "otlp-" + tmp_path.name}, auth=ALICE, verify=ca
+    )
+    experiment_id = created.json()["experiment_id"]
+
+    trace_id = send_spans(url, experiment_id, ":".join(ALICE), ca, tmp_path)
+
+    for name, value in [("USERNAME", "alice"), ("PASSWORD", ALICE_PASSWORD), ("SERVER_CERT_PATH", str(ca))]:
+        monkeypatch.setenv(f"MLFLOW_TRACKING_{name}", value)
+    client = MlflowClient(url)
+    traces = client.search_traces(locations=[experiment_id])
+    assert [trace.info.trace_id for trace in traces] == [f"tr-{trace_id}"]
+    spans = {span.name: span for span in client.get_trace(traces[0].info.trace_id).data.spans}
+    assert set(spans) == {"feature-pipeline", "load-data"}
+    assert spans["load-data"].attributes["rows"] == 1000
+
+
+def test_otlp_without_a_login_or_by_a_reader_is_refused(team_stack, tmp_path):
+    settings, address, ca = team_stack
+    url = f"https://{address}:{settings.mlflow_tls_port}"
+    reader_login = ("otlp-reader", "reader-password-0123456789")
+    added = run_mlstack(
+        settings.project_dir, "user", "add", reader_login[0], "--read-only", "--password-stdin", stdin=reader_login[1]
+    )
+    assert added.returncode == 0, added.stderr
+    created = requests.post(
+        f"{url}/api/2.0/mlflow/experiments/create", json={"name": "otlp-" + tmp_path.name}, auth=ALICE, verify=ca
+    )
+    experiment_id = created.json()["experiment_id"]
+    body = b"\x0a\x00"  # an ExportTraceServiceRequest with one empty ResourceSpans
+    headers = {"Content-Type": "application/x-protobuf", "x-mlflow-experiment-id": experiment_id}
+    anonymous = requests.post(f"{url}/v1/traces", data=body, headers=headers, verify=ca, timeout=30)
+    assert anonymous.status_code == 401
+    reader = requests.post(f"{url}/v1/traces", data=body, headers=headers, auth=reader_login, verify=ca, timeout=30)
+    assert reader.status_code == 403  # READ on alice's experiment (the default permission), not EDIT
+    with psycopg.connect(settings.postgres_dsn(), autocommit=True) as connection:
+        stored = connection.execute("SELECT count(*) FROM trace_info WHERE experiment_id = %s", (int(experiment_id),))
+        assert stored.fetchone() == (0,)

@@ -95,6 +95,7 @@ def mlflow_server_env(settings: Settings) -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_SERVER_ALLOWED_HOSTS": settings.mlflow_allowed_hosts,
         "MLFLOW_PUBLIC_HOSTS": settings.mlflow_public_hosts,
+        "MLFLOW_MODEL_CATALOG_URI": settings.mlflow_model_catalog_uri,
         "MLFLOW_AUTH": str(settings.mlflow_auth).lower(),
         "MLSTACK_FAST_STORE": str(settings.mlstack_fast_store).lower(),
         "MLSTACK_FAST_ROUTES": str(settings.mlstack_fast_routes).lower(),

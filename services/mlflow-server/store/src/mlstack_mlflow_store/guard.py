@@ -28,6 +28,7 @@ text goes to the server log). The limits live in `limits`, the checks of what a 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -65,6 +66,21 @@ def check_request() -> Response | None:
         if refused.status == 413:
             _drain()
         return _answer(refused.status, str(refused))
+    return None
+
+
+def check_for_another_app(app: Flask, environ: dict) -> Response | None:
+    """The guard's checks for a request another WSGI app answers (`native_routes`): the refusal, or
+    None with the body, read within the size limit, put back in `environ` for that app to read."""
+    with app.request_context(environ):
+        if (refusal := check_request()) is not None:
+            return refusal
+        try:
+            body = request.get_data()
+        except RequestEntityTooLarge as error:
+            return _too_large(error)
+    environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
     return None
 
 

@@ -5,14 +5,15 @@ guard (`guard`: sizes, ids and numbers; off with MLSTACK_REQUEST_GUARD=false), a
 fast paths (`routes`, which replace MLflow's log-batch and search-runs views and patch the auth
 app's tables; off on their own with MLSTACK_FAST_ROUTES=false) when the worker's tracking store is
 the fast store; with MLSTACK_FAST_STORE off, on another MLflow version, with an MLflow internal
-missing (`compat`) or another backend, MLflow's views are left as MLflow built them.
+missing (`compat`) or another backend, MLflow's views are left as MLflow built them. Last, the
+worker serves MLflow 3's FastAPI-only routes next to the Flask app (`native_routes`).
 """
 
 from __future__ import annotations
 
 
 def post_worker_init(worker) -> None:
-    from mlstack_mlflow_store import compat, guard, routes
+    from mlstack_mlflow_store import compat, guard, native_routes, routes
     from mlstack_mlflow_store.store import PostgresFastPathStore
 
     if guard.enabled():
@@ -20,3 +21,4 @@ def post_worker_init(worker) -> None:
     store = compat.server_tracking_store()
     if isinstance(store, PostgresFastPathStore) and routes.enabled():
         routes.install(worker.wsgi, store)
+    native_routes.install(worker)
