@@ -107,3 +107,25 @@ def test_the_job_runner_stops_and_starts_with_the_server(mlflow_stack, monkeypat
     mlflow_stack.start_server()
     assert job_runners(mlflow_stack.runtime.processes["mlflow"].pid())
     test_a_scorer_job_runs_and_its_result_is_read_back(mlflow_stack, monkeypatch)
+
+
+def test_a_reader_cannot_have_a_job_write_into_an_experiment(mlflow_stack, monkeypatch):
+    from tests.conftest import run_mlstack
+
+    experiment_id, trace_id = traced_answer(monkeypatch, mlflow_stack)
+    reader = ("jobs-reader-" + os.urandom(3).hex(), "reader-password-0123456789")
+    added = run_mlstack(
+        mlflow_stack.settings.project_dir, "user", "add", reader[0], "--read-only", "--password-stdin", stdin=reader[1]
+    )
+    assert added.returncode == 0, added.stderr
+    with requests.Session() as session:
+        session.auth = reader
+        refused = submit(session, mlflow_stack, experiment_id, trace_id, ResponseLength(max_length=100))
+        assert refused.status_code == 403, refused.text
+        assert experiment_id in refused.text
+        malformed = session.post(f"{mlflow_stack.tracking_uri}{JOBS}/", data=b"{not json", timeout=30)
+        assert malformed.status_code == 400
+    with mlflow_stack.pg_connect() as connection:
+        assert connection.execute("SELECT count(*) FROM assessments WHERE trace_id = %s", (trace_id,)).fetchone() == (
+            0,
+        )

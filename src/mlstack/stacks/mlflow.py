@@ -6,7 +6,7 @@ from mlstack.stacks import Port, Service, Stack
 
 #: Our images (services/): the bootstrap steps (the `mlstack` CLI) and the tracking server with the store plugin.
 BOOTSTRAP_IMAGE = "mlstack/bootstrap:0.2.2"
-SERVER_IMAGE = "mlstack/mlflow-server:3.17.2-mlstack.6"
+SERVER_IMAGE = "mlstack/mlflow-server:3.17.2-mlstack.7"
 #: The last community MinIO image: read-only source of the move to SeaweedFS (mlstack.maintenance.minio_move).
 MINIO_IMAGE = "minio/minio:RELEASE.2025-09-07T16-13-09Z"
 

@@ -12,11 +12,12 @@ checks these requests too (size, ids) before FastAPI reads them.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 
 from a2wsgi import ASGIMiddleware
-from flask import Flask
+from flask import Flask, Response, jsonify, request
 
 from mlstack_mlflow_store import auth, guard
 
@@ -47,7 +48,47 @@ class NativeRoutes:
             return self.flask_app(environ, start_response)
         if guard.enabled() and (refusal := guard.check_for_another_app(self.flask_app, environ)) is not None:
             return refusal(environ, start_response)
+        if auth.auth_on() and method == "POST" and path.endswith(JOB_SUBMISSION):
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(body)
+            with self.flask_app.request_context(environ):
+                refusal = job_refusal()
+            if refusal is not None:
+                return refusal(environ, start_response)
+            environ["wsgi.input"] = io.BytesIO(body)  # read again, from its start, by the job API
         return self.fastapi(environ, start_response)
+
+
+#: The jobs API's submission route (mlflow.server.job_api).
+JOB_SUBMISSION = "/ajax-api/3.0/jobs/"
+
+
+def job_refusal() -> Response | None:
+    """A job writes into the experiment its params name with the server's credentials, and MLflow's
+    auth app asks only for a login to submit one: here a person who is not an admin needs what a
+    trace write in that experiment needs (a reader's job would otherwise write assessments)."""
+    from mlflow.server.auth import _authorize_create_in_experiment_as, store
+    from mlflow.server.auth.permissions import RESOURCE_TYPE_TRACE
+
+    login = auth.authenticate_request_basic_auth()
+    if isinstance(login, Response):
+        return login
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("params"), dict):
+        return _refuse(400, "INVALID_PARAMETER_VALUE", "a job submission is a JSON object with `job_name` and `params`")
+    experiment_id = body["params"].get("experiment_id")
+    if experiment_id is None or store.get_user(login.username).is_admin:
+        return None
+    if not _authorize_create_in_experiment_as(login.username, str(experiment_id), RESOURCE_TYPE_TRACE):
+        message = f"{login.username!r} may not write in experiment {experiment_id}, where this job would write"
+        return _refuse(403, "PERMISSION_DENIED", message)
+    return None
+
+
+def _refuse(status: int, error_code: str, message: str) -> Response:
+    answer = jsonify({"error_code": error_code, "message": message})
+    answer.status_code = status
+    return answer
 
 
 def install(worker) -> None:
