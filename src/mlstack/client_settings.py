@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,12 @@ class ClientSettings(BaseSettings):
     clearml_files_port: int = 8081
     #: Host name under which clients reach the ClearML server's published ports.
     clearml_host_ip: str = "127.0.0.1"
+    #: The SDK's own variables. Naming another server than the stack's (a team's, the hosted one), they
+    #: make it the server every command and the library use; the stack's own URLs (what bootstrap writes
+    #: here) change nothing.
+    clearml_api_host: str | None = None
+    clearml_web_host: str | None = None
+    clearml_files_host: str | None = None
     clearml_default_queue: str = "default"
     #: Client credentials written by `mlstack bootstrap`.
     clearml_api_access_key: str | None = None
@@ -88,16 +95,32 @@ class ClientSettings(BaseSettings):
         return (self.state_dir or self.project_dir / ".mlstack").resolve()
 
     @property
+    def clearml_server_is_external(self) -> bool:
+        """CLEARML_API_HOST names a ClearML server this project does not run: anything but the stack's
+        apiserver (http, CLEARML_API_PORT on CLEARML_HOST_IP or this host's loopback names)."""
+        if not self.clearml_api_host:
+            return False
+        url = urlsplit(self.clearml_api_host)
+        ours = {self.clearml_host_ip.lower(), "127.0.0.1", "localhost"}
+        return not (url.scheme == "http" and url.hostname in ours and url.port == self.clearml_api_port)
+
+    def _clearml_url(self, external: str | None, port: int) -> str:
+        """An external server's URL as set, else the stack's published port on CLEARML_HOST_IP."""
+        if self.clearml_server_is_external and external:
+            return external.rstrip("/")
+        return f"http://{self.clearml_host_ip}:{port}"
+
+    @property
     def clearml_api_url(self) -> str:
-        return f"http://{self.clearml_host_ip}:{self.clearml_api_port}"
+        return self._clearml_url(self.clearml_api_host, self.clearml_api_port)
 
     @property
     def clearml_web_url(self) -> str:
-        return f"http://{self.clearml_host_ip}:{self.clearml_web_port}"
+        return self._clearml_url(self.clearml_web_host, self.clearml_web_port)
 
     @property
     def clearml_files_url(self) -> str:
-        return f"http://{self.clearml_host_ip}:{self.clearml_files_port}"
+        return self._clearml_url(self.clearml_files_host, self.clearml_files_port)
 
     @property
     def clearml_output_destination(self) -> str:

@@ -35,9 +35,10 @@ def _now() -> str:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, subcode: int = 0):
         super().__init__(message)
         self.status = status
+        self.subcode = subcode
 
 
 def _matches(value, pattern) -> bool:
@@ -62,8 +63,8 @@ class FakeApiServer:
         self.models: dict[str, dict] = {}
         self.events: list[dict] = []
         self.calls: list[str] = []
-        #: endpoint -> error message: the next call of that endpoint fails with HTTP 500 (once).
-        self.fail_once: dict[str, str] = {}
+        #: endpoint -> error message (HTTP 500) or ApiError: the next call of that endpoint fails so (once).
+        self.fail_once: dict[str, str | ApiError] = {}
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_port}"
@@ -95,7 +96,8 @@ class FakeApiServer:
         if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
             raise ApiError(401, "invalid token")
         if endpoint in self.fail_once:
-            raise ApiError(500, self.fail_once.pop(endpoint))
+            error = self.fail_once.pop(endpoint)
+            raise error if isinstance(error, ApiError) else ApiError(500, error)
         handler = getattr(self, "_" + endpoint.replace(".", "_"), None)
         if handler is None:
             raise ApiError(400, f"endpoint {endpoint} is not known to the fake apiserver")
@@ -107,7 +109,9 @@ class FakeApiServer:
         return {"credentials": {"access_key": key, "secret_key": secret}}
 
     def _queues_get_all(self, payload: dict) -> dict:
-        return {"queues": [{"id": queue_id, "name": name} for name, queue_id in self.queues.items()]}
+        """Queues whose name matches `name` as a regex, as the server matches it."""
+        queues = [{"id": queue_id, "name": name} for name, queue_id in self.queues.items()]
+        return {"queues": [queue for queue in queues if re.search(payload.get("name") or "", queue["name"])]}
 
     def _queues_create(self, payload: dict) -> dict:
         self.queues[payload["name"]] = secrets.token_hex(16)
@@ -259,10 +263,10 @@ class FakeApiServer:
             def log_message(self, *args):
                 pass
 
-            def reply(self, status: int, endpoint: str, data: dict | None = None, message: str = ""):
+            def reply(self, status: int, endpoint: str, data: dict | None = None, message: str = "", subcode: int = 0):
                 meta = {
                     "result_code": status,
-                    "result_subcode": 0,
+                    "result_subcode": subcode,
                     "result_msg": message or "OK",
                     "endpoint": {"name": endpoint, "requested_version": API_VERSION, "actual_version": API_VERSION},
                 }
@@ -287,7 +291,7 @@ class FakeApiServer:
                     try:
                         data = fake.call(endpoint, payload, self.headers.get("Authorization", ""))
                     except ApiError as error:
-                        return self.reply(error.status, endpoint, message=str(error))
+                        return self.reply(error.status, endpoint, message=str(error), subcode=error.subcode)
                 return self.reply(200, endpoint, data)
 
             do_POST = do_GET = handle_call
@@ -296,10 +300,14 @@ class FakeApiServer:
 
 
 class FakeFileServer:
-    """The fileserver's upload (multipart POST, one field per file named by its path), download, delete."""
+    """The fileserver's upload (multipart POST, one field per file named by its path), download, delete.
 
-    def __init__(self):
+    With `tokens` (an apiserver's), it asks for a login as upstream's does with its auth on: every call
+    but `GET /` needs `Authorization: Bearer <a token of that apiserver>`, else 401."""
+
+    def __init__(self, tokens: set[str] | None = None):
         self.files: dict[str, bytes] = {}
+        self.tokens = tokens
         self.refuse_uploads = 0  # how many next uploads fail with HTTP 500
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_port}"
@@ -322,8 +330,18 @@ class FakeFileServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def refused(self) -> bool:
+                """True, having answered 401, when a login is needed and this request has none that counts."""
+                authorization = self.headers.get("Authorization", "")
+                if fake.tokens is None or authorization.removeprefix("Bearer ") in fake.tokens:
+                    return False
+                self.answer(401, b"Unauthorized")
+                return True
+
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.refused():
+                    return None
                 if fake.refuse_uploads:
                     fake.refuse_uploads -= 1
                     return self.answer(500, b"disk full")
@@ -339,11 +357,15 @@ class FakeFileServer:
                 path = unquote(self.path.split("?")[0]).strip("/")
                 if path == "":
                     return self.answer(200, b"OK")
+                if self.refused():
+                    return None
                 if path not in fake.files:
                     return self.answer(404)
                 self.answer(200, fake.files[path])
 
             def do_DELETE(self):
+                if self.refused():
+                    return None
                 fake.files.pop(unquote(self.path.split("?")[0]).strip("/"), None)
                 self.answer(200)
 

@@ -1,7 +1,7 @@
 """The ClearML stack for real (docker tier): infra/clearml up with the agent, then bootstrap,
 online tracking, the registry from a second client, dataset chains, offline sync with a registered
-model, the pipeline locally and on the agent (its files opened from the host), `mlstack demo`,
-refused logins."""
+model, the pipeline locally and on the agent (its registered models loaded by a second client, its
+files opened from the host), `mlstack demo`, refused logins."""
 
 from __future__ import annotations
 
@@ -160,6 +160,17 @@ print(open(load_model(sys.argv[1], settings=Settings.load()), "rb").read().decod
 """
 
 
+def second_client_env(checkout: Path, home: Path) -> dict[str, str]:
+    """A process of the project at `checkout` with its own HOME and an empty SDK cache."""
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "CLEARML_CACHE_DIR": str(home / "cache"),
+        "MLSTACK_PROJECT_DIR": str(checkout),
+        "MLSTACK_STATE_DIR": str(checkout / "state"),
+    }
+
+
 def test_registered_weights_load_from_a_second_client_after_the_file_is_gone(bootstrapped, checkout, tmp_path):
     from mlstack.tracking.clearml.registry import register_model
 
@@ -167,16 +178,11 @@ def test_registered_weights_load_from_a_second_client_after_the_file_is_gone(boo
     weights.write_bytes(b"weights seen elsewhere")
     register_model(weights, "docker-test-second-client", "mlstack-docker-test", settings=bootstrapped)
     weights.unlink()
-    elsewhere = tmp_path / "elsewhere"
-    env = {
-        **os.environ,
-        "HOME": str(elsewhere),
-        "CLEARML_CACHE_DIR": str(elsewhere / "cache"),
-        "MLSTACK_PROJECT_DIR": str(checkout),
-        "MLSTACK_STATE_DIR": str(checkout / "state"),
-    }
     result = subprocess.run(
-        [sys.executable, "-c", _LOAD_ELSEWHERE, "docker-test-second-client"], env=env, capture_output=True, text=True
+        [sys.executable, "-c", _LOAD_ELSEWHERE, "docker-test-second-client"],
+        env=second_client_env(checkout, tmp_path / "elsewhere"),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("weights seen elsewhere")
@@ -202,16 +208,67 @@ def test_dataset_versions_chain_each_to_the_one_before(bootstrapped, tmp_path):
 PIPELINE_STEPS = {"prepare", "train_linear", "train_ridge", "train_random_forest", "select_best", "evaluate"}
 
 
-@pytest.mark.parametrize("where", ["local", "agent"])
-def test_pipeline_runs_to_completion(bootstrapped, where):
-    from mlstack.tracking.clearml.monitoring import read_pipeline_status
+@pytest.fixture(scope="module")
+def pipeline_runs(bootstrapped) -> dict[str, str]:
+    """The pipeline run here and on the agent, each into a project of its own: where -> controller id."""
     from mlstack.tracking.clearml.pipeline import run_pipeline
 
-    pipeline_id = run_pipeline(bootstrapped, project=f"mlstack-docker-test-{where}", where=where)
-    status = read_pipeline_status(pipeline_id)
+    return {
+        where: run_pipeline(bootstrapped, project=f"mlstack-docker-test-{where}", where=where)
+        for where in ("local", "agent")
+    }
+
+
+@pytest.mark.parametrize("where", ["local", "agent"])
+def test_pipeline_runs_to_completion(pipeline_runs, where):
+    from mlstack.tracking.clearml.monitoring import read_pipeline_status
+
+    status = read_pipeline_status(pipeline_runs[where])
     assert status.status == "completed", status
     assert set(status.steps) >= PIPELINE_STEPS
     assert all(status.steps[name] == "completed" for name in PIPELINE_STEPS), status.steps
+
+
+#: Another machine: the newest version of a model name in a project, downloaded, unpickled, predicting.
+_PREDICT_ELSEWHERE = """
+import pickle, sys
+from sklearn.datasets import load_diabetes
+from mlstack.settings import Settings
+from mlstack.tracking.clearml.registry import load_model
+model = pickle.loads(load_model(sys.argv[1], project_name=sys.argv[2], settings=Settings.load()).read_bytes())
+print(len(model.predict(load_diabetes(return_X_y=True)[0])))
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "agent"])
+def test_pipeline_registers_its_models_and_the_best_loads_on_another_machine(
+    bootstrapped, checkout, pipeline_runs, where, tmp_path
+):
+    from clearml import Model, Task
+
+    from mlstack.tracking.clearml.pipeline import MODEL_BASE_NAME, MODEL_KINDS
+
+    project, pipeline_id = f"mlstack-docker-test-{where}", pipeline_runs[where]
+    steps = {task.name: task for task in Task.get_tasks(task_filter={"parent": pipeline_id})}
+    registered = {f"train_{kind}": f"{MODEL_BASE_NAME}-{kind}" for kind in MODEL_KINDS}
+    registered["select_best"] = f"{MODEL_BASE_NAME}-best"
+    for step, name in registered.items():
+        newest = Model.query_models(project_name=project, model_name=name)[0]
+        assert newest.task == steps[step].id, name
+        assert [model.id for model in steps[step].models["output"]] == [newest.id], name
+        assert newest.get_metadata("pipeline_id") == pipeline_id, name
+        assert float(newest.get_metadata("val_rmse")) > 0, name
+        assert newest.url.startswith(bootstrapped.clearml_output_destination + "/"), newest.url
+    best = Model.query_models(project_name=project, model_name=f"{MODEL_BASE_NAME}-best")[0]
+    assert best.get_metadata("model_kind") in MODEL_KINDS
+    result = subprocess.run(
+        [sys.executable, "-c", _PREDICT_ELSEWHERE, f"{MODEL_BASE_NAME}-best", project],
+        env=second_client_env(checkout, tmp_path / "elsewhere"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("442")  # a prediction for every row of the diabetes set
 
 
 def test_files_the_agent_uploaded_open_from_the_host(bootstrapped):
@@ -229,6 +286,22 @@ def test_files_the_agent_uploaded_open_from_the_host(bootstrapped):
     ).json()["data"]["token"]
     response = requests.get(urls[0], headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert response.status_code == 200 and response.content
+
+
+def test_the_fileserver_refuses_a_plain_get_and_mlstack_clearml_download_fetches_it(
+    bootstrapped, pipeline_runs, tmp_path
+):
+    """docs/clearml.md's download: without a login the fileserver answers 401; the command logs in."""
+    from clearml import Task
+
+    from tests.conftest import run_mlstack
+
+    tasks = Task.get_tasks(project_name="mlstack-docker-test-agent", task_name="prepare")
+    url = next(artifact.url for task in tasks for artifact in task.artifacts.values() if artifact.url)
+    assert requests.get(url, timeout=30).status_code == 401
+    result = run_mlstack(bootstrapped.project_dir, "clearml", "download", url, "--to", str(tmp_path / "artifact"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "artifact").stat().st_size > 0
 
 
 def test_demo_records_a_dataset_version_a_task_and_the_champion_in_clearml(bootstrapped, checkout, sdk_home):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 
+from rich.markup import escape
+
 from mlstack.cli.common import app, console
 from mlstack.errors import MlstackError
 
@@ -26,7 +28,7 @@ def main() -> None:
     try:
         app()
     except MlstackError as error:
-        console.print(f"[bold red]error:[/] {error}")
+        console.print("[bold red]error:[/]", escape(str(error)), soft_wrap=True)
         raise SystemExit(1) from None
 
 

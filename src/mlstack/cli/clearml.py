@@ -1,15 +1,24 @@
-"""ClearML client commands: clearml sync, clearml pipeline run|monitor|schedule."""
+"""ClearML client commands: clearml sync, clearml download, clearml pipeline run|monitor|schedule."""
 
 from __future__ import annotations
 
+import logging
+import re
+import shutil
 import sys
-from pathlib import Path
-from typing import Annotated, Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 import typer
 
 from mlstack.cli.common import app, console, load_settings
 from mlstack.errors import MlstackError
+
+if TYPE_CHECKING:
+    from mlstack.settings import Settings
 
 clearml_app = typer.Typer(help="ClearML client commands.", no_args_is_help=True)
 app.add_typer(clearml_app, name="clearml")
@@ -40,6 +49,113 @@ def clearml_sync() -> None:
     )
     if report.failed:
         raise typer.Exit(1)
+
+
+#: The URLs `clearml download` fetches with the ClearML SDK (the fileserver's among the http(s) ones).
+DOWNLOADABLE_SCHEMES = ("http", "https", "s3")
+
+
+@clearml_app.command("download")
+def clearml_download(
+    url: Annotated[str, typer.Argument(help="An artifact's or a model's URL, as the web UI or the SDK shows it.")],
+    to: Annotated[
+        Path | None, typer.Option(help="The file to write, or a folder for it (default: the URL's file name, here).")
+    ] = None,
+) -> None:
+    """Download a file the ClearML server's tasks and models point at: from the fileserver with this
+    project's login (a plain GET there answers 401), or from any http(s)/s3 URL as the SDK reaches it."""
+    settings = load_settings()
+    parts = urlsplit(url)
+    if parts.scheme not in DOWNLOADABLE_SCHEMES or not parts.netloc:
+        raise MlstackError(
+            f"clearml download: {url!r} is not a URL it downloads: give an http(s) URL (such as the fileserver's, "
+            f"{settings.clearml_files_url}/...) or an s3:// one"
+        )
+    destination = _download_destination(url, to)
+    if parts.scheme != "s3":  # the SDK would retry a host that does not answer for half a minute
+        _require_an_answer(f"{parts.scheme}://{parts.netloc}")
+
+    from clearml import StorageManager
+
+    from mlstack.tracking.clearml.connection import require_server
+
+    require_server(settings)  # the SDK logs in for every http download, and sends the token to the fileserver
+    with _storage_errors() as errors:
+        local_copy = StorageManager.get_local_copy(url, extract_archive=False, force_download=True)
+    if local_copy is None:
+        raise MlstackError(_download_failure(url, errors, settings))
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(local_copy, destination)
+    console.print(f"downloaded {url} to {destination} ({destination.stat().st_size:,} bytes)", markup=False)
+
+
+def _require_an_answer(origin: str) -> None:
+    import requests
+
+    try:
+        requests.head(origin, timeout=10)
+    except requests.RequestException as error:
+        raise MlstackError(
+            f"clearml download: nothing answers at {origin} ({type(error).__name__}): is that server up "
+            "(`mlstack status` for this project's fileserver)?"
+        ) from None
+
+
+def _download_destination(url: str, to: Path | None) -> Path:
+    """Where `clearml download` writes: --to, or the URL's file name in --to (a folder) or here; never over a file."""
+    if to is None or to.is_dir():
+        name = PurePosixPath(unquote(urlsplit(url).path)).name
+        if not name:
+            raise MlstackError(f"clearml download: {url} names no file (its path ends with '/'): give a file's URL")
+        to = (to or Path.cwd()) / name
+    to = to.absolute()
+    if to.exists():
+        raise MlstackError(f"clearml download: {to} already exists: remove it, or give --to another path")
+    return to
+
+
+@contextmanager
+def _storage_errors() -> Iterator[list[logging.LogRecord]]:
+    """What the ClearML SDK's storage logs while a download runs (it logs a failure and returns None),
+    kept from the console so the command's own line says it."""
+    logger, records = logging.getLogger("clearml.storage"), []
+
+    def keep(record: logging.LogRecord) -> bool:
+        records.append(record)
+        return False
+
+    logger.addFilter(keep)
+    try:
+        yield records
+    finally:
+        logger.removeFilter(keep)
+
+
+def _download_failure(url: str, records: list[logging.LogRecord], settings: Settings) -> str:
+    """One line for a failed download: the URL, the HTTP status when there is one, and what to do."""
+    from mlstack.secrets import mask
+
+    errors = [record.getMessage() for record in records if record.levelno >= logging.ERROR]
+    reason = errors[-1].partition(" err:")[2].strip() if errors else ""
+    status = re.search(r"Failed getting object .* \((\d{3})\)", reason)
+    on_fileserver = url.startswith(settings.clearml_files_url.rstrip("/") + "/")
+    if reason.startswith("Failed getting token"):  # the SDK's login to the apiserver
+        key = mask(settings.clearml_api_access_key or "")
+        return (
+            f"clearml download: {url}: the ClearML server at {settings.clearml_api_url} refused this project's "
+            f"credentials (CLEARML_API_ACCESS_KEY {key}): run `mlstack bootstrap`, or set the ones made on that server"
+        )
+    if status and status[1] in ("401", "403"):
+        why = (
+            "it did not accept this project's login"
+            if on_fileserver
+            else f"it is not on this project's fileserver ({settings.clearml_files_url}), so the SDK sent no login"
+        )
+        return f"clearml download: {url} was refused ({status[1]}): {why}"
+    if status and status[1] == "404":
+        fix = "copy the URL again from the artifact's or model's page in the web UI"
+        return f"clearml download: {url} is not on the server (404): {fix}"
+    return f"clearml download: {url} failed: {reason.splitlines()[0] if reason else 'the ClearML SDK returned no file'}"
 
 
 @pipeline_app.command("run")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mlstack.cli.common import RuntimeOption, StackOption, app, console, load_settings, project_settings
 from mlstack.errors import MlstackError
 from mlstack.settings import Settings, StackName
+
+if TYPE_CHECKING:
+    from mlstack.health import Check
 
 
 def _init(rotate: bool = False, settings: Settings | None = None) -> Settings:
@@ -38,11 +42,15 @@ def init(rotate: Annotated[bool, typer.Option(help="Replace existing secrets wit
 
 @app.command()
 def up(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
-    """Start the stacks and wait until every service is healthy; a no-op for a healthy stack."""
+    """Start the stacks and wait until every service is healthy; a no-op for a healthy stack (and for a
+    ClearML server elsewhere, CLEARML_API_HOST)."""
     from mlstack.runtime import select_runtimes
     from mlstack.workflows import stack_service
 
-    settings = _init(settings=project_settings())
+    settings = project_settings()
+    if _only_a_server_elsewhere(settings, stack):
+        return
+    settings = _init(settings=settings)
     services = [
         stack_service(settings, chosen, console) for chosen in select_runtimes(settings, console, runtime, stack)
     ]
@@ -59,20 +67,42 @@ def down(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
     """Stop the stacks; data stays."""
     from mlstack.runtime import select_runtimes
 
-    for chosen in select_runtimes(project_settings(), console, runtime, stack):
+    settings = project_settings()
+    if _only_a_server_elsewhere(settings, stack):
+        return
+    for chosen in select_runtimes(settings, console, runtime, stack):
         chosen.down()
+
+
+def _only_a_server_elsewhere(settings: Settings, stack: str) -> bool:
+    """True, having said so, when `--stack clearml` names a server this project does not run (`all` says
+    it while passing the stack over)."""
+    from mlstack.runtime import clearml_server_elsewhere
+
+    if stack == "clearml" and (elsewhere := clearml_server_elsewhere(settings)):
+        console.print(f"clearml stack: {elsewhere}", markup=False, highlight=False, soft_wrap=True)
+        return True
+    return False
 
 
 @app.command()
 def status(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
-    """Each service: running or not, health, URL, where its data lives. Exits 3 when any service is not
-    running and healthy (a one-shot step counts once it completed)."""
+    """Each service: running or not, health, URL, where its data lives; a ClearML server elsewhere
+    (CLEARML_API_HOST): reachable, its version, the credentials, the queue. Exits 3 when any service is not
+    running and healthy (a one-shot step counts once it completed) or a check of that server fails."""
     from rich.table import Table
 
+    from mlstack.health import check_clearml_server
     from mlstack.runtime import select_runtimes
 
-    healthy = True
-    for chosen in select_runtimes(project_settings(), console, runtime, stack):
+    settings = project_settings()
+    healthy, run_here = True, stack
+    if stack != "mlflow" and settings.clearml_server_is_external:
+        elsewhere = f"clearml server at {settings.clearml_api_url} (CLEARML_API_HOST; not run by this project)"
+        console.print(elsewhere, markup=False, highlight=False, soft_wrap=True)
+        healthy = _print_checks(check_clearml_server(settings))
+        run_here = "mlflow" if stack == "all" else None
+    for chosen in select_runtimes(settings, console, runtime, run_here) if run_here else ():
         table = Table("service", "running", "healthy", "url", "detail", title=f"{chosen.stack} stack ({chosen.name})")
         services = chosen.status()
         for service in services:
@@ -87,19 +117,45 @@ def _mark(flag: bool) -> str:
     return "[green]yes[/]" if flag else "[red]no[/]"
 
 
+def _check_line(check: Check) -> str:
+    """✓ or ✗, the check's name and what was found, as console markup."""
+    from rich.markup import escape
+
+    return f"{'[green]✓[/]' if check.passed else '[red]✗[/]'} {escape(check.name)}: {escape(check.detail)}"
+
+
+def _print_checks(checks: list[Check]) -> bool:
+    """Each check on its line; True when all passed."""
+    for check in checks:
+        console.print(_check_line(check), soft_wrap=True)
+    return all(check.passed for check in checks)
+
+
 @app.command()
 def doctor(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
-    """Check this host for what the selected stacks need on the runtime `up` would use; exits 1 naming
-    each problem and its fix (vm.max_map_count, say, only where the ClearML stack is selected)."""
+    """Check this host for what the selected stacks need on the runtime `up` would use, or the ClearML
+    server elsewhere that CLEARML_API_HOST names; exits 1 naming each problem and its fix
+    (vm.max_map_count, say, only where the ClearML stack runs here)."""
     from mlstack.errors import RuntimeUnavailableError
+    from mlstack.health import Check, check_clearml_server
     from mlstack.runtime import select_runtime
     from mlstack.runtime.native import tools
     from mlstack.secrets import check_secrets
 
     settings = project_settings()
     checks: dict[str, Callable[[], None]] = {}
+    checked_elsewhere: list[str] = []
     problems: dict[str, str] = {}
     for one in ("mlflow", "clearml") if stack == "all" else (stack,):
+        if one == "clearml" and settings.clearml_server_is_external:
+            for check in check_clearml_server(settings):
+                name = f"clearml server {check.name}"
+                if check.passed:
+                    console.print(_check_line(replace(check, name=name)), soft_wrap=True)
+                else:
+                    problems[name] = check.detail
+            checked_elsewhere = ["the clearml server"]
+            continue
         try:
             chosen = select_runtime(settings, console, runtime, one)
         except RuntimeUnavailableError as unavailable:
@@ -122,10 +178,11 @@ def doctor(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
         except MlstackError as error:
             problems[check] = str(error)
     for check, problem in problems.items():
-        console.print(f"[red]✗[/] {check}: {problem}")
+        console.print(_check_line(Check(check, False, problem)), soft_wrap=True)
     if problems:
         raise typer.Exit(1)
-    console.print(f"[green]✓[/] everything the selected stacks need is here ({', '.join(checks)})")
+    checked = ", ".join([*checks, *checked_elsewhere])
+    console.print(f"[green]✓[/] everything the selected stacks need is here ({checked})", soft_wrap=True)
 
 
 def _require_minio_for_a_pending_move(settings) -> None:

@@ -20,10 +20,23 @@ def resolve_runtime_name(requested: RuntimeName, engine: bool | None = None) -> 
     return "docker" if (engine if engine is not None else engine_answers()) else "native"
 
 
+def clearml_server_elsewhere(settings: Settings) -> str | None:
+    """Why no ClearML server runs here when CLEARML_API_HOST names one this project does not run; else None."""
+    if not settings.clearml_server_is_external:
+        return None
+    return (
+        f"the ClearML server at {settings.clearml_api_url} (CLEARML_API_HOST) is not run by this project: "
+        "nothing of it runs here to start, stop or back up; `mlstack status --stack clearml` checks it"
+    )
+
+
 def select_runtime(
     settings: Settings, console: Console, requested: RuntimeName | None = None, stack: StackName = "mlflow"
 ) -> Runtime:
-    """The runtime for one stack. The ClearML server (MongoDB, Elasticsearch) runs under docker only."""
+    """The runtime for one stack. The ClearML server (MongoDB, Elasticsearch) runs under docker only, and
+    not at all when CLEARML_API_HOST names a server elsewhere."""
+    if stack == "clearml" and (elsewhere := clearml_server_elsewhere(settings)):
+        raise RuntimeUnavailableError(elsewhere)
     name = resolve_runtime_name(requested or settings.runtime)
     if name == "docker":
         if not engine_answers():
@@ -56,4 +69,11 @@ def select_runtimes(
     return runtimes
 
 
-__all__ = ["Runtime", "ServiceStatus", "resolve_runtime_name", "select_runtime", "select_runtimes"]
+__all__ = [
+    "Runtime",
+    "ServiceStatus",
+    "clearml_server_elsewhere",
+    "resolve_runtime_name",
+    "select_runtime",
+    "select_runtimes",
+]
