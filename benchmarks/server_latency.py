@@ -56,6 +56,8 @@ NO_AUTH = "shipped server without authentication"
 #: The shipped server with MLflow's own login check (a per-worker cache): the latency before mlstack's
 #: check, which reads the person's row on every request so that a change counts at once.
 MLFLOW_LOGIN_CACHE = "shipped server, MLflow's per-worker login cache"
+#: The shipped server as it was before it served MLflow 3's FastAPI-only routes (OTLP, jobs, ...).
+NO_FASTAPI_ROUTES = "shipped server without MLflow 3's FastAPI-only routes (before)"
 UPLOADS_HELD = 2
 
 
@@ -71,6 +73,9 @@ def candidates(settings: Settings, deployments: bool) -> list[Candidate]:
         fast = settings.mlstack_fast_store
         chosen.append(Candidate(MLFLOW_LOGIN_CACHE, shipped_gunicorn, auth="mlflow-login-cache", fast_store=fast))
         chosen.append(Candidate(NO_AUTH, shipped_gunicorn, auth="off", fast_store=fast))
+        chosen.append(
+            Candidate(NO_FASTAPI_ROUTES, shipped_gunicorn, auth="shipped", fast_store=fast, fastapi_routes=False)
+        )
     if deployments:
         chosen += [
             Candidate("uvicorn, h11 parser", ("--uvicorn-opts", "--http h11")),

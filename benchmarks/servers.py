@@ -38,6 +38,8 @@ class Candidate:
     auth: str = "default"
     #: The store plugin (the shipped server's) instead of MLflow's own store.
     fast_store: bool = False
+    #: MLflow 3's FastAPI-only routes next to the Flask app (the shipped server's; off: before them).
+    fastapi_routes: bool = True
 
 
 def free_port() -> int:
@@ -93,7 +95,11 @@ def start_mlflow(
         *(("--app-name", "basic-auth") if auth else ()),
     ]
     url = f"http://127.0.0.1:{port}"
-    env = {**mlflow_server_env(settings), "MLSTACK_FAST_STORE": str(candidate.fast_store).lower()}
+    env = {
+        **mlflow_server_env(settings),
+        "MLSTACK_FAST_STORE": str(candidate.fast_store).lower(),
+        "MLSTACK_FASTAPI_ROUTES": str(candidate.fastapi_routes).lower(),
+    }
     if auth and candidate.auth in ("default", "mlflow-login-cache"):
         # upstream's login check on the same user database: without a cache (its default) or with the stack's
         config = workdir / f"basic_auth-{port}.ini"

@@ -5,6 +5,7 @@ Every command and runtime receives a `Settings` object; nothing re-reads the env
 
 from __future__ import annotations
 
+import sys
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -56,6 +57,10 @@ class Settings(ClientSettings):
     Field names are the `.env` variable names, case-insensitive."""
 
     tools_dir: Path | None = Field(default=None, alias="MLSTACK_TOOLS_DIR")
+    #: The Python the native runtime runs the MLflow server and its schema migration with: a virtualenv
+    #: with mlflow[auth], its drivers and the store plugin. Default: mlstack's own (the pinned MLflow).
+    #: The version-upgrade test runs a stack made by an older MLflow with it.
+    mlflow_python: Path | None = Field(default=None, alias="MLSTACK_MLFLOW_PYTHON")
     #: Where `mlstack backup` (and `upgrade`'s backup) writes archives. Default: <state dir>/backups.
     backup_dir: Path | None = Field(default=None, alias="MLSTACK_BACKUP_DIR")
     runtime: RuntimeName = Field(default="auto", alias="MLSTACK_RUNTIME")
@@ -104,6 +109,7 @@ class Settings(ClientSettings):
     mlstack_fast_store: bool = True
     #: With the fast store: its request-level log-batch and search-runs paths and auth-table patches.
     mlstack_fast_routes: bool = True
+    mlstack_fastapi_routes: bool = True
     #: The server's request guard (services/mlflow-server/store: sizes, ids, numbers) and its limits.
     mlstack_request_guard: bool = True
     mlstack_max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -170,6 +176,12 @@ class Settings(ClientSettings):
     @property
     def tools_path(self) -> Path:
         return (self.tools_dir or self.state_path / "tools").resolve()
+
+    @property
+    def server_python(self) -> str:
+        """The MLflow server's interpreter (MLSTACK_MLFLOW_PYTHON, else this one), as given: a
+        virtualenv's python must not be resolved to the interpreter it links to."""
+        return str(self.mlflow_python or sys.executable)
 
     @property
     def s3_url(self) -> str:

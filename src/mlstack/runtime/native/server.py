@@ -5,6 +5,7 @@ the two equal)."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 
 from mlstack.errors import ConfigError
@@ -36,7 +37,7 @@ def mlflow_server_command(settings: Settings) -> list[str]:
     (mlstack_mlflow_store.launch: the allowed hosts, and MLflow's basic-auth app unless MLFLOW_AUTH=false;
     services/mlflow-server/README.md says why, and about the Host-header check)."""
     return [
-        sys.executable,
+        settings.server_python,
         "-m",
         "mlstack_mlflow_store.launch",
         "mlflow",
@@ -76,9 +77,19 @@ def gunicorn_options(settings: Settings) -> str:
 def require_store_plugin(settings: Settings) -> None:
     """The server's Python must have the store plugin: its request guard and login check run in every
     server (its fast paths only with MLSTACK_FAST_STORE on)."""
-    if importlib.util.find_spec("mlstack_mlflow_store") is None:
+    python = settings.server_python
+    if python == sys.executable:
+        installed = importlib.util.find_spec("mlstack_mlflow_store") is not None
+    else:  # MLSTACK_MLFLOW_PYTHON: ask that interpreter
+        code = "import importlib.util as u; raise SystemExit(u.find_spec('mlstack_mlflow_store') is None)"
+        check = [python, "-c", code]
+        try:
+            installed = subprocess.run(check, capture_output=True, timeout=60).returncode == 0
+        except OSError as error:
+            raise ConfigError(f"MLSTACK_MLFLOW_PYTHON={python} does not run: {error}") from None
+    if not installed:
         raise ConfigError(
-            f"the mlstack-mlflow-store plugin is not installed for {sys.executable}: run `make venv` "
+            f"the mlstack-mlflow-store plugin is not installed for {python}: run `make venv` "
             "(it installs services/mlflow-server/store)"
         )
 
@@ -99,6 +110,7 @@ def mlflow_server_env(settings: Settings) -> dict[str, str]:
         "MLFLOW_AUTH": str(settings.mlflow_auth).lower(),
         "MLSTACK_FAST_STORE": str(settings.mlstack_fast_store).lower(),
         "MLSTACK_FAST_ROUTES": str(settings.mlstack_fast_routes).lower(),
+        "MLSTACK_FASTAPI_ROUTES": str(settings.mlstack_fastapi_routes).lower(),
         **guard_env(settings),
         **(auth_env(settings) if settings.mlflow_auth else {}),
     }

@@ -6,7 +6,8 @@ fast paths (`routes`, which replace MLflow's log-batch and search-runs views and
 app's tables; off on their own with MLSTACK_FAST_ROUTES=false) when the worker's tracking store is
 the fast store; with MLSTACK_FAST_STORE off, on another MLflow version, with an MLflow internal
 missing (`compat`) or another backend, MLflow's views are left as MLflow built them. Last, the
-worker serves MLflow 3's FastAPI-only routes next to the Flask app (`native_routes`).
+worker serves MLflow 3's FastAPI-only routes next to the Flask app (`native_routes`; off with
+MLSTACK_FASTAPI_ROUTES=false).
 """
 
 from __future__ import annotations
@@ -21,4 +22,5 @@ def post_worker_init(worker) -> None:
     store = compat.server_tracking_store()
     if isinstance(store, PostgresFastPathStore) and routes.enabled():
         routes.install(worker.wsgi, store)
-    native_routes.install(worker)
+    if native_routes.enabled():
+        native_routes.install(worker)

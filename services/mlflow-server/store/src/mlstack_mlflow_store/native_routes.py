@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 
 from a2wsgi import ASGIMiddleware
@@ -22,6 +23,7 @@ from flask import Flask, Response, jsonify, request
 from mlstack_mlflow_store import auth, guard
 
 _logger = logging.getLogger(f"mlflow.{__name__}")
+ENABLE_VAR = "MLSTACK_FASTAPI_ROUTES"
 _PLACEHOLDER = re.compile(r"\{[^}]*\}.*$")
 
 
@@ -89,6 +91,11 @@ def _refuse(status: int, error_code: str, message: str) -> Response:
     answer = jsonify({"error_code": error_code, "message": message})
     answer.status_code = status
     return answer
+
+
+def enabled() -> bool:
+    """Whether the FastAPI-only routes are served (MLSTACK_FASTAPI_ROUTES, on unless false)."""
+    return os.environ.get(ENABLE_VAR, "true").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def install(worker) -> None:
