@@ -48,10 +48,12 @@ install-tools: venv
 demo: venv
 	$(MLSTACK) demo
 
-# the tests also need MinIO: the move from a stack made with it, and a second real S3 server
+# the tests also need MinIO: the move from a stack made with it, and a second real S3 server;
+# then the store plugin's equivalence tests under each other MLflow minor it supports
 test: venv
 	$(MLSTACK) install-tools --compose --minio
 	$(BIN)/python -m pytest
+	$(BIN)/python -m tests.mlflow_versions
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks services

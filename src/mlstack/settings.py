@@ -109,6 +109,8 @@ class Settings(ClientSettings):
     mlstack_fast_store: bool = True
     #: With the fast store: its request-level log-batch and search-runs paths and auth-table patches.
     mlstack_fast_routes: bool = True
+    #: MLflow's workspaces (teams, each with its own experiments and grants); `mlstack workspace`.
+    mlflow_enable_workspaces: bool = False
     mlstack_fastapi_routes: bool = True
     #: The server's request guard (services/mlflow-server/store: sizes, ids, numbers) and its limits.
     mlstack_request_guard: bool = True

@@ -6,6 +6,7 @@ when they run, so `mlstack --help` loads none of MLflow, ClearML, boto3 or psyco
 - `tracking`: sync, demo
 - `clearml`: clearml sync, clearml pipeline run|monitor|schedule
 - `users`: user add|remove
+- `workspaces`: workspace add|list|grant
 - `maintenance`: backup, restore, upgrade, gc
 """
 
@@ -19,7 +20,7 @@ from mlstack.cli.common import app, console
 from mlstack.errors import MlstackError
 
 #: The command groups, in the order `mlstack --help` lists them (importing one registers its commands).
-GROUPS = ("stack", "bootstrap", "tracking", "clearml", "users", "maintenance")
+GROUPS = ("stack", "bootstrap", "tracking", "clearml", "users", "workspaces", "maintenance")
 for group in GROUPS:
     importlib.import_module(f"mlstack.cli.{group}")
 

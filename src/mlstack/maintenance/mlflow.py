@@ -81,8 +81,11 @@ def _component_versions(settings: Settings) -> dict[str, str]:
         versions["postgres"] = connection.execute("SHOW server_version").fetchone()[0]
         versions["mlflow_schema"] = connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
     with psycopg.connect(settings.postgres_dsn(settings.mlflow_auth_db), autocommit=True) as connection:
+        # the auth app keeps its schema version in a table of its own
         row = connection.execute(
-            "SELECT version_num FROM alembic_version" if _has_table(connection, "alembic_version") else "SELECT ''"
+            "SELECT version_num FROM alembic_version_auth"
+            if _has_table(connection, "alembic_version_auth")
+            else "SELECT ''"
         ).fetchone()
         versions["auth_schema"] = row[0] if row else ""
     with contextlib.suppress(Exception):  # informative: the store's Server header (SeaweedFS names its version)

@@ -18,7 +18,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -52,6 +51,8 @@ MLFLOW_PROFILES = ("tls", "minio-move")
 STOP_SIGNALS = {"postgres": signal.SIGINT}
 #: The TLS front's configuration, shared with the compose stack's tls-proxy service.
 CADDYFILE = Path(str(PACKAGED_CONF / "caddy" / "Caddyfile"))
+#: `mlflow db upgrade` with the store URI from the environment (mlstack/runtime/migrate.py).
+MIGRATE_SCRIPT = Path(__file__).resolve().parents[1] / "migrate.py"
 #: Where PostgreSQL keeps each project's data when it runs as the `postgres` user (mlstack as root).
 POSTGRES_HOMES = Path("/var/lib/mlstack/postgres")
 
@@ -191,9 +192,11 @@ class NativeRuntime:
             self._start_tls_front(find_tools(self.settings))
 
     def migrate(self) -> None:
-        """`mlflow db upgrade`, the same one-shot step compose runs before the server starts."""
+        """`mlflow db upgrade`, the same one-shot step compose runs before the server starts, with the
+        server's own MLflow (MLSTACK_MLFLOW_PYTHON's, when set: mlstack itself need not be installed
+        there, so the script runs by path, `-P` keeping its folder off sys.path)."""
         result = subprocess.run(
-            [sys.executable, "-m", "mlstack.runtime.migrate"],
+            [self.settings.server_python, "-P", str(MIGRATE_SCRIPT)],
             env={**base_env(), **self.settings.backend_store_env()},
             capture_output=True,
             text=True,

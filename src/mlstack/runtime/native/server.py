@@ -110,6 +110,7 @@ def mlflow_server_env(settings: Settings) -> dict[str, str]:
         "MLFLOW_AUTH": str(settings.mlflow_auth).lower(),
         "MLSTACK_FAST_STORE": str(settings.mlstack_fast_store).lower(),
         "MLSTACK_FAST_ROUTES": str(settings.mlstack_fast_routes).lower(),
+        "MLFLOW_ENABLE_WORKSPACES": str(settings.mlflow_enable_workspaces).lower(),
         "MLSTACK_FASTAPI_ROUTES": str(settings.mlstack_fastapi_routes).lower(),
         **guard_env(settings),
         **(auth_env(settings) if settings.mlflow_auth else {}),

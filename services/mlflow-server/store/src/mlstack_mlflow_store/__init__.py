@@ -2,9 +2,10 @@
 
 MLflow builds the store for a `postgresql://` backend URI through the `mlflow.tracking_store`
 entry point named `postgresql`, which this package provides. The builder returns
-`PostgresFastPathStore` only when the server runs with `MLSTACK_FAST_STORE=true`, on the MLflow
-minor version the fast paths were verified against, without workspaces; otherwise it returns
-exactly the store MLflow itself would have built.
+`PostgresFastPathStore` only when the server runs with `MLSTACK_FAST_STORE=true`, on an MLflow
+minor version the fast paths were verified against (SUPPORTED_MLFLOW), with workspaces on
+`WorkspaceFastPathStore` (workspaces.py); otherwise it returns exactly the store MLflow itself
+would have built.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import os
 
 from packaging.version import Version
 
-#: The MLflow minor version whose schema and store semantics the fast paths are verified against.
-VERIFIED_MLFLOW = (3, 17)
+#: The MLflow minor versions whose schema and store semantics the fast paths are verified against:
+#: CI runs the equivalence tests (tests/integration/test_fast_store.py, test_fast_search.py) under
+#: each (`python -m tests.mlflow_versions`). Supporting a new minor is one entry here, proven by them.
+#: 3.16 is not listed: it lacks two internals the fast paths keep MLflow's behaviour with (compat.py).
+SUPPORTED_MLFLOW: tuple[tuple[int, int], ...] = ((3, 17),)
 ENABLE_VAR = "MLSTACK_FAST_STORE"
 
 # A child of MLflow's logger, so the line lands in the server's log next to MLflow's own.
@@ -38,17 +42,18 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None):
 
     if not fast_store_requested():
         return compat.own_store(store_uri, artifact_uri)
-    if Version(version.VERSION).release[:2] != VERIFIED_MLFLOW:
+    if Version(version.VERSION).release[:2] not in SUPPORTED_MLFLOW:
         _logger.warning(
-            "%s is set but MLflow %s is not the verified %d.%d; using MLflow's own store.",
+            "%s is set but MLflow %s is not a supported version (%s); using MLflow's own store.",
             ENABLE_VAR,
             version.VERSION,
-            *VERIFIED_MLFLOW,
+            ", ".join(f"{major}.{minor}" for major, minor in SUPPORTED_MLFLOW),
         )
         return compat.own_store(store_uri, artifact_uri)
-    if MLFLOW_ENABLE_WORKSPACES.get():
-        _logger.warning("%s is set but workspaces are on; using MLflow's own store.", ENABLE_VAR)
-        return compat.own_store(store_uri, artifact_uri)
+    if MLFLOW_ENABLE_WORKSPACES.get():  # the fast paths scoped to the request's workspace, as MLflow's are
+        from mlstack_mlflow_store.workspaces import build
+
+        return build(store_uri, artifact_uri)
     if not compat.usable():  # it says which internals are missing
         return compat.own_store(store_uri, artifact_uri)
 
