@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from urllib.parse import urlparse
+
+from fake_apiserver import SDK_KEY, SDK_SECRET
 
 from mlstack.tracking import ClientSettings
 
@@ -21,3 +24,17 @@ def make_settings(root: Path, **values) -> ClientSettings:
     values.setdefault("clearml_api_access_key", None)
     values.setdefault("clearml_api_secret_key", None)
     return ClientSettings(MLSTACK_PROJECT_DIR=root, MLSTACK_STATE_DIR=root / "state", _env_file=None, **values)
+
+
+def online_settings(root: Path, servers, **values) -> ClientSettings:
+    """Settings for a checkout at `root` that reach the stand-in apiserver and fileserver `servers`
+    with the SDK credentials they accept."""
+    api, files = servers
+    return make_settings(
+        root,
+        clearml_api_port=urlparse(api.url).port,
+        clearml_files_port=urlparse(files.url).port,
+        clearml_api_access_key=SDK_KEY,
+        clearml_api_secret_key=SDK_SECRET,
+        **values,
+    )

@@ -7,8 +7,8 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 import pytest
-from clearml_helpers import make_settings
-from fake_apiserver import SDK_KEY, SDK_SECRET, shared_servers
+from clearml_helpers import online_settings
+from fake_apiserver import shared_servers
 
 from mlstack.tracking.clearml.errors import ClearMLUploadError
 from mlstack.tracking.clearml.registry import load_model, register_model
@@ -18,18 +18,6 @@ from mlstack.tracking.clearml.tracker import ClearMLTracker
 @pytest.fixture(scope="module")
 def servers(isolated_sdk):
     return shared_servers()
-
-
-def online_settings(root, servers, **values):
-    api, files = servers
-    return make_settings(
-        root,
-        clearml_api_port=urlparse(api.url).port,
-        clearml_files_port=urlparse(files.url).port,
-        clearml_api_access_key=SDK_KEY,
-        clearml_api_secret_key=SDK_SECRET,
-        **values,
-    )
 
 
 def stored_weights(servers, url: str) -> bytes:

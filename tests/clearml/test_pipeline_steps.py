@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import pytest
 from clearml import Task
 from clearml.backend_interface.task.populate import CreateFromFunction
-from clearml_helpers import make_settings
+from clearml_helpers import online_settings
 from fake_apiserver import SDK_KEY, SDK_SECRET, shared_servers
 from sklearn.metrics import mean_squared_error
 
@@ -198,17 +198,6 @@ def online_env(servers) -> dict[str, str]:
         "CLEARML_API_ACCESS_KEY": SDK_KEY,
         "CLEARML_API_SECRET_KEY": SDK_SECRET,
     }
-
-
-def online_settings(root: Path, servers):
-    api, files = servers
-    return make_settings(
-        root,
-        clearml_api_port=urlparse(api.url).port,
-        clearml_files_port=urlparse(files.url).port,
-        clearml_api_access_key=SDK_KEY,
-        clearml_api_secret_key=SDK_SECRET,
-    )
 
 
 def val_rmse(model, data: dict) -> float:
