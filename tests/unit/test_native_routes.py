@@ -58,3 +58,12 @@ def test_the_fastapi_routes_have_a_switch(monkeypatch):
     app = worker.wsgi
     gunicorn_hooks.post_worker_init(worker)
     assert worker.wsgi is app
+
+
+def test_a_route_both_apps_have_stays_with_flask_for_every_path():
+    from mlflow.server import app as mlflow_flask_app
+
+    routes = NativeRoutes(mlflow_flask_app)
+    assert "/v1/traces" in routes.prefixes
+    odd = "/api/2.0/mlflow-artifacts/artifacts/1\n/run/artifacts/x.txt"  # Flask's rule does not match it
+    assert not odd.startswith(routes.prefixes) and not "/health".startswith(routes.prefixes)

@@ -25,6 +25,7 @@ from mlstack_mlflow_store import auth, guard
 _logger = logging.getLogger(f"mlflow.{__name__}")
 ENABLE_VAR = "MLSTACK_FASTAPI_ROUTES"
 _PLACEHOLDER = re.compile(r"\{[^}]*\}.*$")
+_PARAMETER = re.compile(r"\{[^}]*\}")
 
 
 class NativeRoutes:
@@ -41,8 +42,19 @@ class NativeRoutes:
         self.flask_app = flask_app
         self.fastapi = ASGIMiddleware(fastapi_app)
         self.flask_routes = flask_app.url_map.bind("localhost")
-        # The literal start of each route's path (OpenAPI lists every route FastAPI serves).
-        self.prefixes = tuple(sorted({_PLACEHOLDER.sub("", path) for path in fastapi_app.openapi()["paths"]}))
+        # The literal start of the path of each route FastAPI serves (OpenAPI lists them all) that the
+        # Flask app does not: a route both have (artifacts, health) stays Flask's for every path.
+        self.prefixes = tuple(
+            sorted(
+                {
+                    _PLACEHOLDER.sub("", path)
+                    for path, operations in fastapi_app.openapi()["paths"].items()
+                    if not all(
+                        self.flask_routes.test(_PARAMETER.sub("x", path), method.upper()) for method in operations
+                    )
+                }
+            )
+        )
 
     def __call__(self, environ, start_response):
         path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
