@@ -1,4 +1,5 @@
-"""search-runs over 10,000 runs through the server: mlflow.search_runs, compare_runs and the UI's call.
+"""search-runs over 10,000 runs through the server: mlflow.search_runs, mlstack's search_runs and
+compare_runs, and the UI's call.
 
     python benchmarks/search_runs.py [--runs 10000] [--repeat 3] [--no-baseline]
 
@@ -6,11 +7,12 @@ The runs (each with metrics rmse and r2, params alpha and model, tags team, stag
 written straight into the backend store with SQL (PostgreSQL DSN from Settings): creating 10,000
 runs through the API takes minutes. Every query then goes through a server: the stack's own, and the
 same deployment started here on MLflow's own store (--no-baseline leaves it out). Timed, median of
---repeat:
+--repeat, end to end in this process:
 
 - `mlflow.search_runs` of the experiment (all runs, one page of 10,000 in MLflow's client, to a
-  DataFrame), and the same request as raw HTTP (the server and the transfer, no client parsing);
-- mlstack's `compare_runs(metrics=["rmse"])`;
+  DataFrame), and the same request as raw HTTP (the server and the transfer, the answer read with
+  `requests`' json());
+- mlstack's `search_runs` of the experiment (the same DataFrame) and `compare_runs(metrics=["rmse"])`;
 - the first page of the UI's run table: POST ajax-api/2.0/mlflow/runs/search as the UI sends it
   (100 runs, newest first), and a filtered, metric-ordered page (`metrics.rmse < 5000`, ORDER BY
   metrics.rmse, 100 runs).
@@ -31,11 +33,13 @@ from mlflow import MlflowClient
 from servers import stack_and_baseline
 
 from mlstack.settings import Settings
-from mlstack.tracking import compare_runs, setup_mlflow
+from mlstack.tracking import compare_runs, search_runs, setup_mlflow
 from mlstack.tracking.mlflow.config import use_credentials
 
 UI_PAGE = {"filter": "", "run_view_type": "ACTIVE_ONLY", "max_results": 100, "order_by": ["attributes.start_time DESC"]}
 FILTERED_PAGE = {"filter": "metrics.rmse < 5000", "max_results": 100, "order_by": ["metrics.rmse ASC"]}
+MLFLOW_SEARCH = "mlflow.search_runs (all runs, DataFrame)"
+MLSTACK_SEARCH = "mlstack search_runs (all runs, same DataFrame)"
 
 
 def seed_runs(dsn: str, experiment_id: str, count: int) -> None:
@@ -90,13 +94,15 @@ def rest_search(url: str, auth: tuple[str, str], route: str, body: dict) -> int:
     return len(answer.json().get("runs", []))
 
 
-def time_queries(url: str, auth: tuple[str, str], experiment: str, experiment_id: str, args) -> dict:
+def time_queries(url: str, auth: tuple[str, str], experiment: str, experiment_id: str, args, settings) -> dict:
     """Each query's median seconds and rows against the server at `url`."""
     mlflow.set_tracking_uri(url)
+    setup_mlflow(experiment, tracking_uri=url, settings=settings)  # mlstack's queries go to `url` too
     everything = {"experiment_ids": [experiment_id], "max_results": args.runs}
     queries = {
-        "mlflow.search_runs (all runs, DataFrame)": lambda: len(mlflow.search_runs([experiment_id])),
+        MLFLOW_SEARCH: lambda: len(mlflow.search_runs([experiment_id])),
         "the same request as raw HTTP": lambda: rest_search(url, auth, "api", everything),
+        MLSTACK_SEARCH: lambda: len(search_runs(experiment)),
         "mlstack compare_runs(metrics=['rmse'])": lambda: len(compare_runs(experiment, metrics=["rmse"])),
         "UI run table, first page (ajax, 100)": lambda: rest_search(
             url, auth, "ajax-api", {"experiment_ids": [experiment_id], **UI_PAGE}
@@ -124,7 +130,9 @@ def main() -> None:
     seed_runs(settings.postgres_dsn(), experiment_id, args.runs)
 
     with stack_and_baseline(settings, baseline=not args.no_baseline) as servers:
-        results = {server: time_queries(url, auth, experiment, experiment_id, args) for server, url in servers}
+        results = {
+            server: time_queries(url, auth, experiment, experiment_id, args, settings) for server, url in servers
+        }
     print(f"{args.runs:,} runs (2 metrics, 2 params, 3 tags each), median of {args.repeat}\n")
     names = list(results)
     print("| query | rows | " + " | ".join(f"{name} s" for name in names) + " | ratio |")
@@ -134,6 +142,9 @@ def main() -> None:
         ratio = f"{seconds[-1] / seconds[0]:.1f}x" if len(names) > 1 else ""
         cells = " | ".join(f"{value:.3f}" for value in seconds)
         print(f"| {label} | {results[names[0]][label][1]:,} | {cells} | {ratio} |")
+    for name in names:
+        theirs, ours = results[name][MLFLOW_SEARCH][0], results[name][MLSTACK_SEARCH][0]
+        print(f"\n{name}: mlstack search_runs {ours:.3f} s, mlflow.search_runs {theirs:.3f} s ({theirs / ours:.1f}x)")
 
 
 if __name__ == "__main__":

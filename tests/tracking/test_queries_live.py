@@ -18,6 +18,7 @@ from mlstack.tracking import (
     get_run_by_name,
     search_runs,
 )
+from tests.unit.tracking.test_run_columns import assert_same_frame
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +99,9 @@ def test_queries_over_ten_thousand_runs_return_every_run(mlflow_stack, experimen
             "SELECT 'rmse', n, 0, 0, false, %(prefix)s || lpad(n::text, 12, '0') FROM generate_series(0, 9999) AS n",
             {"prefix": prefix},
         )
-    assert len(search_runs(experiment)) == 10_000
+    every_run = search_runs(experiment)
+    assert len(every_run) == 10_000
+    assert_same_frame(every_run, mlflow.search_runs([experiment_id]))
     assert len(find_mlflow_runs(experiment, "metrics.rmse >= 2500")) == 7_500
     frame = compare_runs(experiment, metrics=["rmse"])
     assert len(frame) == 10_000 and frame["metric_rmse"].tolist() == [float(n) for n in range(10_000)]

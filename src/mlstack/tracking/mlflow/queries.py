@@ -1,19 +1,36 @@
 """Queries over runs. Paging is always complete: a query over N runs returns N rows unless the
-caller asks for fewer with `max_results` (mlflow's own helpers stop at a page or at 100,000)."""
+caller asks for fewer with `max_results` (mlflow's own helpers stop at a page or at 100,000).
+
+`search_runs` and `compare_runs` post runs/search themselves, through MLflow's own `http_request`
+(the login, TLS and retry settings of every MLflow request), and read the JSON answer straight into
+DataFrame columns (run_columns); local stores (sqlite, file) are read through MlflowClient.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import pandas as pd
 from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
 
-from mlstack.tracking.errors import ExperimentNotFoundError, TrackingInputError
-from mlstack.tracking.mlflow.config import current_config
+from mlstack.tracking.errors import ExperimentNotFoundError, TrackingError, TrackingInputError
+from mlstack.tracking.mlflow.config import TrackingConfig, current_config
+from mlstack.tracking.mlflow.run_columns import (
+    RunColumns,
+    collection_paused,
+    compare_frame,
+    run_as_json,
+    search_frame,
+)
 
 SERVER_PAGE_LIMIT = 50_000  # the most runs the server returns per search request
+SEARCH_ENDPOINT = "/api/2.0/mlflow/runs/search"
 Mode = Literal["min", "max"]
+Page = tuple[list, str | None]  # a page's runs and the next page's token (None after the last)
 
 
 def find_mlflow_runs(
@@ -23,7 +40,10 @@ def find_mlflow_runs(
     order_by: list[str] | None = None,
 ) -> list[Run]:
     """Every matching run (all pages) as mlflow Run objects; `max_results` caps the count on purpose."""
-    return list(_iter_runs(_experiment_ids(experiment_name), filter_string, order_by, max_results))
+    config = current_config()
+    return _all_runs(
+        config, _experiment_ids(experiment_name), filter_string, ViewType.ACTIVE_ONLY, order_by, max_results
+    )
 
 
 def search_runs(
@@ -31,11 +51,14 @@ def search_runs(
     filter_string: str = "",
     max_results: int | None = None,
     order_by: list[str] | None = None,
+    run_view_type: int = ViewType.ACTIVE_ONLY,
 ) -> pd.DataFrame:
-    """Matching runs as a DataFrame in mlflow.search_runs' layout: run_id, status, ..., metrics.<key>,
-    params.<key>, tags.<key>."""
-    runs = _iter_runs(_experiment_ids(experiment_name), filter_string, order_by, max_results)
-    return _frame([_flat_row(run, "metrics.", "params.", "tags.") for run in runs])
+    """Matching runs as mlflow.search_runs' DataFrame (same columns, order and dtypes): run_id,
+    experiment_id, status, artifact_uri, start_time, end_time, metrics.<key>, params.<key>, tags.<key>."""
+    config = current_config()
+    runs = _run_answers(config, _experiment_ids(experiment_name), filter_string, run_view_type, order_by, max_results)
+    with collection_paused():
+        return search_frame(RunColumns(runs))
 
 
 def compare_runs(
@@ -46,16 +69,22 @@ def compare_runs(
     mode: Mode = "min",
     filter_string: str = "",
 ) -> pd.DataFrame:
-    """One row per run: run_id, run_name, status, start_time, `metric_<name>` and `param_<name>` columns.
+    """One row per run: run_id, run_name, experiment_id, status, start_time, end_time, artifact_uri,
+    `metric_<name>` and `param_<name>` columns.
 
-    `metrics` limits the metric columns; rows are ordered by `sort_by` (default: the first of
-    `metrics`) in `mode` order, runs without it last, else newest first; `top_n` keeps the first rows.
+    `metrics` limits the metric columns (`sort_by` is added to them); rows are ordered by `sort_by`
+    (default: the first of `metrics`) in `mode` order, runs without it last, else newest first;
+    `top_n` keeps the first rows.
     """
     sort_by = sort_by or (metrics[0] if metrics else None)
+    if metrics is not None and sort_by and sort_by not in metrics:
+        metrics = [*metrics, sort_by]
     order_by = [f"metrics.`{sort_by}` {'ASC' if _check_mode(mode) == 'min' else 'DESC'}"] if sort_by else None
-    runs = _iter_runs(_experiment_ids(experiment_name), filter_string, order_by, top_n)
-    frame = _frame([_flat_row(run, "metric_", "param_", None, metrics) for run in runs])
-    if sort_by and not frame.empty:
+    config = current_config()
+    runs = _run_answers(config, _experiment_ids(experiment_name), filter_string, ViewType.ACTIVE_ONLY, order_by, top_n)
+    with collection_paused():
+        frame = compare_frame(RunColumns(runs), metrics)
+    if sort_by:
         column = f"metric_{sort_by}"
         if column not in frame:
             frame[column] = float("nan")
@@ -150,19 +179,85 @@ def run_as_dict(run: Run) -> dict[str, Any]:
     }
 
 
-def _iter_runs(
-    experiment_ids: list[str], filter_string: str, order_by: list[str] | None, max_results: int | None
-) -> Iterator[Run]:
-    client = current_config().client
-    page_token, returned = None, 0
+def _all_runs(
+    config: TrackingConfig,
+    experiment_ids: list[str],
+    filter_string: str,
+    run_view_type: int,
+    order_by: list[str] | None,
+    max_results: int | None,
+) -> list[Run]:
+    def page(size: int, token: str | None) -> Page:
+        runs = config.client.search_runs(experiment_ids, filter_string, run_view_type, size, order_by, token)
+        return runs, runs.token
+
+    with _search_errors(config):
+        return list(_paged(page, max_results))
+
+
+def _run_answers(
+    config: TrackingConfig,
+    experiment_ids: list[str],
+    filter_string: str,
+    run_view_type: int,
+    order_by: list[str] | None,
+    max_results: int | None,
+) -> list[dict[str, Any]]:
+    """The matching runs as search-runs' JSON answer holds them (all pages, at most `max_results`)."""
+    if not config.tracking_uri.startswith(("http://", "https://")):
+        runs = _all_runs(config, experiment_ids, filter_string, run_view_type, order_by, max_results)
+        return [run_as_json(run) for run in runs]
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    host = get_default_host_creds(config.tracking_uri)
+    body = {
+        "experiment_ids": experiment_ids,
+        "filter": filter_string,
+        "run_view_type": ViewType.to_string(run_view_type).upper(),
+        "order_by": order_by or [],
+    }
+
+    def page(size: int, token: str | None) -> Page:
+        paging = {"max_results": size, "page_token": token} if token else {"max_results": size}
+        response = http_request(host, SEARCH_ENDPOINT, "POST", json={**body, **paging})
+        if response.status_code != 200:
+            verify_rest_response(response, SEARCH_ENDPOINT)  # raises MLflow's error for the answer
+        try:
+            with collection_paused():
+                answer = json.loads(response.content)
+        except ValueError as error:
+            raise TrackingError(
+                f"{config.tracking_uri} answered {SEARCH_ENDPOINT} with something that is not JSON "
+                f"({response.content[:200]!r}): is MLFLOW_TRACKING_URI an MLflow server?"
+            ) from error
+        return answer.get("runs", []), answer.get("next_page_token")
+
+    with _search_errors(config):
+        return list(_paged(page, max_results))
+
+
+def _paged(page: Callable[[int, str | None], Page], max_results: int | None) -> Iterator:
+    """Every item of every page, or the first `max_results`; `page(size, token)` fetches one."""
+    token, returned = None, 0
     while max_results is None or returned < max_results:
-        page_size = SERVER_PAGE_LIMIT if max_results is None else min(SERVER_PAGE_LIMIT, max_results - returned)
-        page = client.search_runs(experiment_ids, filter_string, ViewType.ACTIVE_ONLY, page_size, order_by, page_token)
-        yield from page
-        returned += len(page)
-        page_token = page.token
-        if not page_token:
+        size = SERVER_PAGE_LIMIT if max_results is None else min(SERVER_PAGE_LIMIT, max_results - returned)
+        items, token = page(size, token)
+        yield from items
+        returned += len(items)
+        if not token:
             return
+
+
+@contextmanager
+def _search_errors(config: TrackingConfig) -> Iterator[None]:
+    """MLflow's errors of a search as the library's: the caller's bad filter or order, or the server's failure."""
+    try:
+        yield
+    except MlflowException as error:
+        if error.error_code == "INVALID_PARAMETER_VALUE":
+            raise TrackingInputError(f"{config.tracking_uri} refused the search: {error.message}") from error
+        raise TrackingError(f"searching runs on {config.tracking_uri} failed: {error.message}") from error
 
 
 def _experiment_ids(names: str | list[str] | None) -> list[str]:
@@ -175,35 +270,6 @@ def _experiment_ids(names: str | list[str] | None) -> list[str]:
             raise ExperimentNotFoundError(f"experiment {name!r} does not exist on {config.tracking_uri}")
         ids.append(experiment.experiment_id)
     return ids
-
-
-def _flat_row(
-    run: Run, metric_prefix: str, param_prefix: str, tag_prefix: str | None, metric_names: list[str] | None = None
-) -> dict[str, Any]:
-    info, data = run.info, run.data
-    row: dict[str, Any] = {
-        "run_id": info.run_id,
-        "run_name": info.run_name,
-        "experiment_id": info.experiment_id,
-        "status": info.status,
-        "start_time": info.start_time,
-        "end_time": info.end_time,
-        "artifact_uri": info.artifact_uri,
-    }
-    metrics = data.metrics if metric_names is None else {key: data.metrics.get(key) for key in metric_names}
-    row.update((metric_prefix + key, value) for key, value in metrics.items())
-    row.update((param_prefix + key, value) for key, value in data.params.items())
-    if tag_prefix is not None:
-        row.update((tag_prefix + key, value) for key, value in data.tags.items())
-    return row
-
-
-def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(rows)
-    for column in ("start_time", "end_time"):
-        if column in frame:
-            frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True)
-    return frame
 
 
 def _check_mode(mode: str) -> str:

@@ -55,13 +55,14 @@ def _scalar_converter(field: FieldDescriptor) -> Callable:
     if kind == FieldDescriptor.CPPTYPE_FLOAT:
         raise NotImplementedError(f"{field.full_name}: 32-bit float")
     if kind == FieldDescriptor.CPPTYPE_DOUBLE:
-        return _double
+        return double_value
     if field.type == FieldDescriptor.TYPE_BYTES:
         return lambda raw: base64.b64encode(raw).decode("utf-8")
     return _same
 
 
-def _double(value: float):
+def double_value(value: float) -> float | str:
+    """A double as MLflow's JSON spells it: a number, or "NaN", "Infinity", "-Infinity"."""
     if math.isfinite(value):
         return value
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")

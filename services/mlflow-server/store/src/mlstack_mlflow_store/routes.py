@@ -1,5 +1,6 @@
 """Request-level fast paths: metrics-only log-batch straight from the request JSON to one SQL statement,
-search-runs answered through `protojson` instead of MLflow's `message_to_json`.
+search-runs answered with each run's JSON built from its row on the fast store (through `protojson`
+instead of MLflow's `message_to_json` on any other).
 
 MLflow's log-batch handler turns the JSON into a protobuf message field by field, the message into
 1000 `Metric` entities, and validates each: ~45 ms of a 2-core VM's CPU per 1000 points before the
@@ -23,18 +24,21 @@ including every error, is answered by MLflow's handler, so responses stay MLflow
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import sys
 
 from flask import Flask, Response, g, request
+from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.protos.service_pb2 import SearchRuns
 from mlflow.server import handlers
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH
 
 from mlstack_mlflow_store import compat, protojson
+from mlstack_mlflow_store.store import PostgresFastPathStore
 
 #: MLflow's endpoint names for runs/log-batch and runs/search (REST and ajax routes share each).
 LOG_BATCH_ENDPOINT = "_log_batch"
@@ -130,9 +134,41 @@ def install(app: Flask, store) -> None:
 
 @handlers.catch_mlflow_exception
 def search_runs():
-    """MLflow's `_search_runs` (its request parsing and checks, its `search_runs_impl`), encoded by protojson."""
+    """MLflow's `_search_runs`: its request parsing and checks, then on the fast store the runs' JSON
+    built from their rows (`search_run_answers`), on any other MLflow's `search_runs_impl` encoded by
+    protojson. Either way the same JSON value as MLflow's answer, compact."""
     message = compat.request_message(SearchRuns(), schema=SEARCH_RUNS_SCHEMA)
-    return Response(protojson.message_to_json(handlers.search_runs_impl(message)), mimetype="application/json")
+    store = compat.server_tracking_store()
+    if not isinstance(store, PostgresFastPathStore):
+        return Response(protojson.message_to_json(handlers.search_runs_impl(message)), mimetype="application/json")
+    # what search_runs_impl asks of the store, for the same request
+    run_view_type = ViewType.ACTIVE_ONLY
+    if message.HasField("run_view_type"):
+        run_view_type = ViewType.from_proto(message.run_view_type)
+    runs, next_page_token = store.search_run_answers(
+        experiment_ids=_readable_experiment_ids(list(message.experiment_ids)),
+        filter_string=message.filter,
+        run_view_type=run_view_type,
+        max_results=message.max_results,
+        order_by=message.order_by,
+        page_token=message.page_token or None,
+    )
+    answer = {"runs": runs} if runs else {}
+    if next_page_token:
+        answer["next_page_token"] = next_page_token
+    return Response(json.dumps(answer, separators=(",", ":")), mimetype="application/json")
+
+
+def _readable_experiment_ids(experiment_ids: list[str]) -> list[str]:
+    """The experiments of a search the person may read, as `search_runs_impl` filters them."""
+    try:
+        from mlflow.server import auth
+
+        if auth.auth_config:
+            return auth.filter_experiment_ids(experiment_ids)
+    except ImportError:  # no auth app installed (Flask-WTF missing), as MLflow skips it
+        pass
+    return experiment_ids
 
 
 def _install_auth_check(auth) -> None:

@@ -1,11 +1,11 @@
-"""A run as one SQL row holds it (`RUN_COLUMNS`), and the `RunInfo` and `RunData` MLflow builds from
-it: shared by runs/get (`store`) and search-runs (`search`)."""
+"""A run as one SQL row holds it (`RUN_COLUMNS`), the `RunInfo` and `RunData` MLflow builds from it
+(shared by runs/get, `store`, and search-runs, `search`), and their JSON as runs/search answers it."""
 
 from __future__ import annotations
 
 from mlflow.entities import Metric, Param, RunData, RunInfo, RunTag
 
-from mlstack_mlflow_store import compat
+from mlstack_mlflow_store import compat, protojson
 
 # A run's columns with its tags, params and latest metrics (`r` is the runs row).
 RUN_COLUMNS = """
@@ -50,3 +50,51 @@ def run_info_and_data(row) -> tuple[RunInfo, RunData]:
     ]
     data = RunData(metrics=metrics, params=[Param(key, value) for key, value in row["params"]], tags=tags)
     return info, data
+
+
+def run_answer(row) -> dict:
+    """The info and data of `run_info_and_data(row)` as MLflow's JSON of the run has them (the JSON
+    value protojson gives for `Run.to_proto()`, keys in the same order), built without the entities."""
+    run_id, name, end_time, artifact_uri = row["run_uuid"], row["name"], row["end_time"], row["artifact_uri"]
+    if not name:
+        name = compat.run_name_from_tags([RunTag(key, value) for key, value in row["tags"]]) or name
+    info = {"run_uuid": run_id, "experiment_id": str(row["experiment_id"])}
+    if name is not None:
+        info["run_name"] = name
+    info["user_id"] = row["user_id"]
+    info["status"] = row["status"]
+    info["start_time"] = row["start_time"]
+    if end_time:
+        info["end_time"] = end_time
+    if artifact_uri:
+        info["artifact_uri"] = artifact_uri
+    info["lifecycle_stage"] = row["lifecycle_stage"]
+    info["run_id"] = run_id
+    data = {}
+    if row["metric_keys"]:
+        data["metrics"] = [
+            {
+                "key": key,
+                "value": "NaN" if is_nan else protojson.double_value(value),
+                "timestamp": timestamp,
+                "step": step,
+            }
+            for key, value, timestamp, step, is_nan in zip(
+                row["metric_keys"],
+                row["metric_values"],
+                row["metric_timestamps"],
+                row["metric_steps"],
+                row["metric_is_nan"],
+                strict=True,
+            )
+        ]
+    if row["params"]:
+        data["params"] = _key_values(row["params"])
+    if row["tags"]:
+        data["tags"] = _key_values(row["tags"])
+    return {"info": info, "data": data}
+
+
+def _key_values(pairs) -> list[dict]:
+    """Params or tags as MLflow's JSON lists them (a NULL value is a field left out)."""
+    return [{"key": key, "value": value} if value is not None else {"key": key} for key, value in pairs]

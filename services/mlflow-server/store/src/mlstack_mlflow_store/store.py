@@ -32,7 +32,7 @@ from sqlalchemy import text
 
 from mlstack_mlflow_store import compat
 from mlstack_mlflow_store.runs import RUN_COLUMNS, run_info_and_data
-from mlstack_mlflow_store.search import search_runs
+from mlstack_mlflow_store.search import search_run_answers, search_runs
 
 # A run with its tags, params, latest metrics, dataset inputs and model inputs/outputs: the rows
 # MLflow's get_run reads with seven queries. Typed arrays keep floats and bigints exact; the dataset
@@ -127,6 +127,11 @@ class PostgresFastPathStore(SqlAlchemyStore):
 
     def _search_runs(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token):
         return search_runs(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token)
+
+    def search_run_answers(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token):
+        """The page `search_runs` returns, as runs/search answers it: each run's JSON value, and the next
+        page token (routes.py answers search-runs with it)."""
+        return search_run_answers(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token)
 
     def log_metric(self, run_id, metric):
         if metric.model_id is not None:
