@@ -62,6 +62,7 @@ def traced_answer(monkeypatch, stack) -> tuple[str, str]:
         return "forty-two"
 
     answer("the question")
+    mlflow.flush_trace_async_logging()  # the trace is written in the background: a job must find it
     return experiment_id, mlflow.get_last_active_trace_id()
 
 
