@@ -136,3 +136,25 @@ def test_a_person_of_workspace_a_cannot_see_or_write_workspace_b(stack):
     assert got.status_code == 200
     data = got.json()["run"]["data"]
     assert [m["key"] for m in data["metrics"]] == ["loss"] and "by" not in {t["key"] for t in data.get("tags", [])}
+
+
+def test_the_scripts_account_of_env_logs_in_the_default_workspace(stack):
+    """What `make demo` and a team's scripts do with workspaces on: the client account bootstrap made
+    (MLFLOW_TRACKING_USERNAME/PASSWORD of .env) creates an experiment and logs a run, naming no workspace."""
+    settings = Settings.load(stack.project_dir)
+    auth = (settings.mlflow_tracking_username, settings.mlflow_tracking_password.get_secret_value())
+    url = settings.mlflow_url
+    created = requests.post(
+        f"{url}/api/2.0/mlflow/experiments/create", json={"name": "scripts-default"}, auth=auth, timeout=60
+    )
+    assert created.status_code == 200, created.text
+    run = requests.post(
+        f"{url}/api/2.0/mlflow/runs/create",
+        json={"experiment_id": created.json()["experiment_id"]},
+        auth=auth,
+        timeout=60,
+    )
+    assert run.status_code == 200, run.text
+    metric = {"run_id": run.json()["run"]["info"]["run_id"], "key": "loss", "value": 1.0, "timestamp": 1, "step": 0}
+    logged = requests.post(f"{url}/api/2.0/mlflow/runs/log-metric", json=metric, auth=auth, timeout=60)
+    assert logged.status_code == 200, logged.text

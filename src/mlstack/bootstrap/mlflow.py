@@ -1,6 +1,7 @@
 """MLflow bootstrap: the client settings users need, written to .env, and (with authentication on)
-the account the team's scripts log with; `MlflowUsers` is the auth app's user API, as its admin, and
-`reset_stack_logins` the same app's database when its server is stopped."""
+the account the team's scripts log with; `MlflowUsers` is the auth app's user API and `MlflowWorkspaces`
+MLflow's workspace API, both as the admin, and `reset_stack_logins` the auth app's database when its
+server is stopped."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from mlstack.settings import Settings
 #: but not delete them or change who may see them (MANAGE).
 WRITER_PERMISSION = "EDIT"
 WRITER_RESOURCES = ("experiment", "registered_model")
+#: The workspace of requests naming none (MLflow's DEFAULT_WORKSPACE_NAME), where scripts log.
+DEFAULT_WORKSPACE = "default"
 
 
 class AuthError(MlstackError):
@@ -105,6 +108,69 @@ class MlflowUsers:
         return response.status_code == 200
 
 
+WORKSPACES_PATH = "/api/3.0/mlflow/workspaces"
+ROLES_PATH = "/api/3.0/mlflow/roles"
+USER_ROLES_PATH = "/api/3.0/mlflow/users/roles/list"
+
+
+class MlflowWorkspaces:
+    """MLflow's workspace API, as the admin of `.env`."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.url = settings.mlflow_url
+        self.session = requests.Session()
+        if settings.mlflow_auth:
+            self.session.auth = (
+                settings.mlflow_auth_admin_username,
+                settings.mlflow_auth_admin_password.get_secret_value(),
+            )
+
+    def _call(self, method: str, path: str, what: str, **kwargs: Any):
+        response = self.session.request(method, f"{self.url}{path}", timeout=30, **kwargs)
+        if response.status_code == 401:
+            raise MlstackError(
+                f"the MLflow server at {self.url} refuses the admin {self.settings.mlflow_auth_admin_username!r} "
+                "with MLFLOW_AUTH_ADMIN_PASSWORD from .env"
+            )
+        if response.status_code == 503 and "workspaces support" in response.text:
+            raise MlstackError(
+                f"the MLflow server at {self.url} runs without workspaces: set MLFLOW_ENABLE_WORKSPACES=true "
+                "in .env, then `mlstack up`"
+            )
+        if not response.ok:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text
+            raise MlstackError(f"{what} failed at {self.url}: HTTP {response.status_code} {message[:300]}")
+        return response.json() if response.content else {}
+
+    def list(self) -> list[dict]:
+        return self._call("GET", WORKSPACES_PATH, "listing workspaces").get("workspaces", [])
+
+    def create(self, name: str, description: str | None) -> None:
+        body = {"name": name, **({"description": description} if description else {})}
+        self._call("POST", WORKSPACES_PATH, f"creating workspace {name!r}", json=body)
+
+    def grant(self, workspace: str, username: str, permission: str) -> None:
+        """`permission` (USE: read, log, create; MANAGE: also grant) on all of `workspace` to `username`,
+        through MLflow's roles: a role `mlstack-<permission>` in the workspace holding that permission on
+        the whole workspace, assigned to the person. Running it again changes nothing."""
+        what = f"granting {permission} on workspace {workspace!r} to {username!r}"
+        name = f"mlstack-{permission.lower()}"
+        listed = self._call("GET", f"{ROLES_PATH}/list", what, params={"workspace": workspace})["roles"]
+        role = next((role for role in listed if role["name"] == name), None)
+        if role is None:
+            body = {"name": name, "workspace": workspace, "description": f"{permission} on the whole workspace"}
+            role = self._call("POST", f"{ROLES_PATH}/create", what, json=body)["role"]
+            grant = {"role_id": role["id"], "resource_type": "workspace", "resource_pattern": "*"}
+            self._call("POST", f"{ROLES_PATH}/permissions/add", what, json={**grant, "permission": permission})
+        held = self._call("GET", USER_ROLES_PATH, what, params={"username": username})["roles"]
+        if all(assigned["id"] != role["id"] for assigned in held):
+            self._call("POST", f"{ROLES_PATH}/assign", what, json={"username": username, "role_id": role["id"]})
+
+
 def reset_stack_logins(settings: Settings) -> None:
     """In the auth app's database itself (the server may be stopped: a restore): the admin and the client
     account take this .env's passwords, so mlstack (and the team's scripts) keep working with the
@@ -137,7 +203,8 @@ def write_client_settings(settings: Settings) -> StepResult:
 
 def ensure_client_account(settings: Settings) -> StepResult:
     """The scripts' account (MLFLOW_CLIENT_USERNAME) logs in with MLFLOW_TRACKING_PASSWORD from .env and may
-    write to every experiment and model; a missing account is created, a lost password replaced."""
+    write to every experiment and model (with workspaces on, in the default workspace, where requests
+    naming none act); a missing account is created, a lost password replaced."""
     name = "MLflow client account"
     if not settings.mlflow_auth:
         return StepResult(name, Outcome.PRESENT, "authentication is off (MLFLOW_AUTH=false): no account needed")
@@ -156,9 +223,13 @@ def ensure_client_account(settings: Settings) -> StepResult:
         users.set_password(username, password)
         outcome = Outcome.UPDATED
     users.grant_writer(username)
+    if settings.mlflow_enable_workspaces:
+        MlflowWorkspaces(settings).grant(DEFAULT_WORKSPACE, username, "USE")
     if outcome is not Outcome.PRESENT:
         update_env(settings.env_file, {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password})
-    detail = f"{username}: {WRITER_PERMISSION} on every experiment and model; MLFLOW_TRACKING_USERNAME/PASSWORD in .env"
+    where = f", USE on workspace {DEFAULT_WORKSPACE!r}" if settings.mlflow_enable_workspaces else ""
+    detail = f"{username}: {WRITER_PERMISSION} on every experiment and model{where}"
+    detail += "; MLFLOW_TRACKING_USERNAME/PASSWORD in .env"
     return StepResult(name, outcome, detail)
 
 
