@@ -1,10 +1,11 @@
 """Metric logging throughput against live MLflow servers, four ways, in one run.
 
-    python benchmarks/logging_throughput.py [--points N] [--no-baseline]
+    python benchmarks/logging_throughput.py [--points N] [--rounds N] [--no-baseline] [--before-routes]
 
-Two servers on the same backend and artifact stores: the stack's own (MLFLOW_TRACKING_URI from .env,
-else the stack's MLflow port), and the same deployment started here on MLflow's own store (the
-server without mlstack's store plugin; --no-baseline leaves it out). Columns: points logged, end-to-end
+Servers on the same backend and artifact stores: the stack's own (MLFLOW_TRACKING_URI from .env,
+else the stack's MLflow port), the same deployment started here on MLflow's own store (the
+server without mlstack's store plugin; --no-baseline leaves it out), and with --before-routes the
+shipped server as it was before it served MLflow 3's FastAPI-only routes. Columns: points logged, end-to-end
 points/s (first call until the server has every point), the caller's median and p99 time per call
 in microseconds, and points found on the server afterwards.
 """
@@ -82,7 +83,11 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100_000, help="points for log_batch and mlstack")
     parser.add_argument("--sync-points", type=int, default=1_000, help="points for mlflow.log_metric")
     parser.add_argument("--async-points", type=int, default=5_000, help="points for mlflow async logging")
-    parser.add_argument("--no-baseline", action="store_true", help="only the stack's own server")
+    parser.add_argument("--no-baseline", action="store_true", help="no server on MLflow's own store")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds; the servers take turns in each")
+    parser.add_argument(
+        "--before-routes", action="store_true", help="also the shipped server before MLflow 3's FastAPI-only routes"
+    )
     args = parser.parse_args()
     settings = Settings.load()
     use_credentials(settings)  # the client account of .env, for every client here
@@ -93,24 +98,26 @@ def main() -> None:
         ("mlstack ExperimentTracker.log_metric", mlstack_tracker, args.points),
     ]
     print(f"mlstack flushers: {settings.metric_flusher_threads}\n")
-    print("| server | method | points | points/s | caller median us | caller p99 us | points on server |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    with stack_and_baseline(settings, baseline=not args.no_baseline) as servers:
-        for server, uri in servers:
-            experiment = f"bench-logging-{uuid.uuid4().hex[:8]}"
-            setup_mlflow(experiment, tracking_uri=uri, settings=settings)
-            client = MlflowClient(uri)
-            experiment_id = client.get_experiment_by_name(experiment).experiment_id
-            for label, method, points in cases:
-                run_id, started, durations = method(client, experiment_id, points)
-                elapsed = time.perf_counter() - started
-                found = len(client.get_metric_history(run_id, "loss"))
-                durations.sort()
-                print(
-                    f"| {server} | {label} | {points:,} | {points / elapsed:,.0f} | "
-                    f"{percentile(durations, 0.5):,.1f} | {percentile(durations, 0.99):,.1f} | {found:,} |",
-                    flush=True,
-                )
+    print("| round | server | method | points | points/s | caller median us | caller p99 us | points on server |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|")
+    with stack_and_baseline(settings, not args.no_baseline, args.before_routes) as servers:
+        for round_number in range(1, args.rounds + 1):
+            shift = (round_number - 1) % len(servers)  # who goes first rotates, so drift falls on all alike
+            for server, uri in servers[shift:] + servers[:shift]:
+                experiment = f"bench-logging-{uuid.uuid4().hex[:8]}"
+                setup_mlflow(experiment, tracking_uri=uri, settings=settings)
+                client = MlflowClient(uri)
+                experiment_id = client.get_experiment_by_name(experiment).experiment_id
+                for label, method, points in cases:
+                    run_id, started, durations = method(client, experiment_id, points)
+                    elapsed = time.perf_counter() - started
+                    found = len(client.get_metric_history(run_id, "loss"))
+                    durations.sort()
+                    print(
+                        f"| {round_number} | {server} | {label} | {points:,} | {points / elapsed:,.0f} | "
+                        f"{percentile(durations, 0.5):,.1f} | {percentile(durations, 0.99):,.1f} | {found:,} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

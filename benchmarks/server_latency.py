@@ -43,7 +43,15 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from rich.console import Console
 from rich.table import Table
-from servers import Candidate, free_port, shipped_server_args, start_mlflow, start_process, wait_until_quiet
+from servers import (
+    Candidate,
+    before_fastapi_routes,
+    free_port,
+    shipped_server_args,
+    start_mlflow,
+    start_process,
+    wait_until_quiet,
+)
 
 from mlstack.health import http_ok
 from mlstack.runtime.native.process import ManagedProcess
@@ -56,8 +64,6 @@ NO_AUTH = "shipped server without authentication"
 #: The shipped server with MLflow's own login check (a per-worker cache): the latency before mlstack's
 #: check, which reads the person's row on every request so that a change counts at once.
 MLFLOW_LOGIN_CACHE = "shipped server, MLflow's per-worker login cache"
-#: The shipped server as it was before it served MLflow 3's FastAPI-only routes (OTLP, jobs, ...).
-NO_FASTAPI_ROUTES = "shipped server without MLflow 3's FastAPI-only routes (before)"
 UPLOADS_HELD = 2
 
 
@@ -73,9 +79,7 @@ def candidates(settings: Settings, deployments: bool) -> list[Candidate]:
         fast = settings.mlstack_fast_store
         chosen.append(Candidate(MLFLOW_LOGIN_CACHE, shipped_gunicorn, auth="mlflow-login-cache", fast_store=fast))
         chosen.append(Candidate(NO_AUTH, shipped_gunicorn, auth="off", fast_store=fast))
-        chosen.append(
-            Candidate(NO_FASTAPI_ROUTES, shipped_gunicorn, auth="shipped", fast_store=fast, fastapi_routes=False)
-        )
+        chosen.append(before_fastapi_routes(settings))
     if deployments:
         chosen += [
             Candidate("uvicorn, h11 parser", ("--uvicorn-opts", "--http h11")),

@@ -117,27 +117,48 @@ def shipped_server_args(settings: Settings) -> tuple[str, ...]:
     return ("--workers", str(settings.mlflow_workers), "--gunicorn-opts", gunicorn_options(settings))
 
 
-def start_mlflow_own_store(settings: Settings, workdir: Path) -> tuple[ManagedProcess, str]:
-    """The shipped deployment (workers, auth with the stack's configuration) on MLflow's own store:
-    the server as it was without mlstack's store plugin; the baseline of the store benchmarks."""
-    candidate = Candidate("shipped deployment, MLflow's own store", shipped_server_args(settings), auth="shipped")
+def before_fastapi_routes(settings: Settings) -> Candidate:
+    """The shipped server (its deployment, auth and store) as it was before it served MLflow 3's
+    FastAPI-only routes (OTLP, jobs, gateway, ...): the "before" of issue 23's before/after."""
+    return Candidate(
+        "shipped server without MLflow 3's FastAPI-only routes (before)",
+        shipped_server_args(settings),
+        auth="shipped",
+        fast_store=settings.mlstack_fast_store,
+        fastapi_routes=False,
+    )
+
+
+def start_quiet(settings: Settings, candidate: Candidate, workdir: Path) -> tuple[ManagedProcess, str]:
+    """`candidate` started, once its whole process group has gone quiet."""
     process, url = start_mlflow(settings, candidate, workdir)
     wait_until_quiet(process.pid())
     return process, url
 
 
 @contextmanager
-def stack_and_baseline(settings: Settings, baseline: bool = True) -> Iterator[list[tuple[str, str]]]:
+def stack_and_baseline(
+    settings: Settings, baseline: bool = True, before_routes: bool = False
+) -> Iterator[list[tuple[str, str]]]:
     """(name, URL) of the stack's own server and, with `baseline`, of the same deployment on MLflow's
-    own store, started here and stopped on leaving."""
+    own store (the server without mlstack's store plugin), with `before_routes` of the shipped server
+    before MLflow 3's FastAPI-only routes; those started here and stopped on leaving."""
     store = "mlstack's store plugin" if settings.mlstack_fast_store else "MLflow's own store"
     servers = [(f"stack ({store})", settings.mlflow_tracking_uri or settings.mlflow_url)]
-    if not baseline:
-        yield servers
-        return
+    candidates = []
+    if baseline:
+        own_store = Candidate("same deployment, MLflow's own store", shipped_server_args(settings), auth="shipped")
+        candidates.append(own_store)
+    if before_routes:
+        candidates.append(before_fastapi_routes(settings))
     with tempfile.TemporaryDirectory() as workdir:
-        process, url = start_mlflow_own_store(settings, Path(workdir))
+        started = []
         try:
-            yield [*servers, ("same deployment, MLflow's own store", url)]
+            for candidate in candidates:
+                process, url = start_quiet(settings, candidate, Path(workdir))
+                started.append(process)
+                servers.append((candidate.name, url))
+            yield servers
         finally:
-            process.stop()
+            for process in started:
+                process.stop()
