@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pandas as pd
@@ -33,6 +34,17 @@ Mode = Literal["min", "max"]
 Page = tuple[list, str | None]  # a page's runs and the next page's token (None after the last)
 
 
+@dataclass(frozen=True)
+class RunQuery:
+    """One search over runs: MlflowClient.search_runs' arguments; `max_results` None for every run."""
+
+    experiment_ids: list[str]
+    filter_string: str = ""
+    run_view_type: int = ViewType.ACTIVE_ONLY
+    order_by: list[str] | None = None
+    max_results: int | None = None
+
+
 def find_mlflow_runs(
     experiment_name: str | list[str] | None = None,
     filter_string: str = "",
@@ -40,10 +52,8 @@ def find_mlflow_runs(
     order_by: list[str] | None = None,
 ) -> list[Run]:
     """Every matching run (all pages) as mlflow Run objects; `max_results` caps the count on purpose."""
-    config = current_config()
-    return _all_runs(
-        config, _experiment_ids(experiment_name), filter_string, ViewType.ACTIVE_ONLY, order_by, max_results
-    )
+    query = RunQuery(_experiment_ids(experiment_name), filter_string, order_by=order_by, max_results=max_results)
+    return _all_runs(current_config(), query)
 
 
 def search_runs(
@@ -55,8 +65,8 @@ def search_runs(
 ) -> pd.DataFrame:
     """Matching runs as mlflow.search_runs' DataFrame (same columns, order and dtypes): run_id,
     experiment_id, status, artifact_uri, start_time, end_time, metrics.<key>, params.<key>, tags.<key>."""
-    config = current_config()
-    runs = _run_answers(config, _experiment_ids(experiment_name), filter_string, run_view_type, order_by, max_results)
+    query = RunQuery(_experiment_ids(experiment_name), filter_string, run_view_type, order_by, max_results)
+    runs = _run_answers(current_config(), query)
     with collection_paused():
         return search_frame(RunColumns(runs))
 
@@ -80,8 +90,8 @@ def compare_runs(
     if metrics is not None and sort_by and sort_by not in metrics:
         metrics = [*metrics, sort_by]
     order_by = [f"metrics.`{sort_by}` {'ASC' if _check_mode(mode) == 'min' else 'DESC'}"] if sort_by else None
-    config = current_config()
-    runs = _run_answers(config, _experiment_ids(experiment_name), filter_string, ViewType.ACTIVE_ONLY, order_by, top_n)
+    query = RunQuery(_experiment_ids(experiment_name), filter_string, order_by=order_by, max_results=top_n)
+    runs = _run_answers(current_config(), query)
     with collection_paused():
         frame = compare_frame(RunColumns(runs), metrics)
     if sort_by:
@@ -179,43 +189,30 @@ def run_as_dict(run: Run) -> dict[str, Any]:
     }
 
 
-def _all_runs(
-    config: TrackingConfig,
-    experiment_ids: list[str],
-    filter_string: str,
-    run_view_type: int,
-    order_by: list[str] | None,
-    max_results: int | None,
-) -> list[Run]:
+def _all_runs(config: TrackingConfig, query: RunQuery) -> list[Run]:
     def page(size: int, token: str | None) -> Page:
-        runs = config.client.search_runs(experiment_ids, filter_string, run_view_type, size, order_by, token)
+        runs = config.client.search_runs(
+            query.experiment_ids, query.filter_string, query.run_view_type, size, query.order_by, token
+        )
         return runs, runs.token
 
     with _search_errors(config):
-        return list(_paged(page, max_results))
+        return list(_paged(page, query.max_results))
 
 
-def _run_answers(
-    config: TrackingConfig,
-    experiment_ids: list[str],
-    filter_string: str,
-    run_view_type: int,
-    order_by: list[str] | None,
-    max_results: int | None,
-) -> list[dict[str, Any]]:
+def _run_answers(config: TrackingConfig, query: RunQuery) -> list[dict[str, Any]]:
     """The matching runs as search-runs' JSON answer holds them (all pages, at most `max_results`)."""
     if not config.tracking_uri.startswith(("http://", "https://")):
-        runs = _all_runs(config, experiment_ids, filter_string, run_view_type, order_by, max_results)
-        return [run_as_json(run) for run in runs]
+        return [run_as_json(run) for run in _all_runs(config, query)]
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request, verify_rest_response
 
     host = get_default_host_creds(config.tracking_uri)
     body = {
-        "experiment_ids": experiment_ids,
-        "filter": filter_string,
-        "run_view_type": ViewType.to_string(run_view_type).upper(),
-        "order_by": order_by or [],
+        "experiment_ids": query.experiment_ids,
+        "filter": query.filter_string,
+        "run_view_type": ViewType.to_string(query.run_view_type).upper(),
+        "order_by": query.order_by or [],
     }
 
     def page(size: int, token: str | None) -> Page:
@@ -234,7 +231,7 @@ def _run_answers(
         return answer.get("runs", []), answer.get("next_page_token")
 
     with _search_errors(config):
-        return list(_paged(page, max_results))
+        return list(_paged(page, query.max_results))
 
 
 def _paged(page: Callable[[int, str | None], Page], max_results: int | None) -> Iterator:
