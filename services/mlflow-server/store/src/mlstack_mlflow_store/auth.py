@@ -8,18 +8,23 @@ person got 404 instead of 401), and a request straddling the cache's expiry coul
 password hash's cost: its key holds the stored hash, so a changed password, a removed person or a
 changed admin flag counts from the next request in every worker. The answer is kept for the rest of
 the request, so the auth app's later checks of the same request see the same login.
+
+A person the user database does not know gets 401; a user database that does not answer (PostgreSQL
+restarting, a failover) gets 503, which clients retry, instead of a 401 telling them their login is
+wrong.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import sys
 import threading
 
 from cachetools import TTLCache
-from flask import g, has_request_context, request
+from flask import Response, g, has_request_context, request
 from mlflow.exceptions import MlflowException
 from werkzeug.security import check_password_hash
 
@@ -51,8 +56,10 @@ def _check():
     username, password = authorization.username, authorization.password
     try:
         user = auth.store.get_user(username)
-    except MlflowException:
-        return auth.make_basic_auth_response()
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return auth.make_basic_auth_response()
+        return _user_database_unavailable(error)
     _remember_for_this_request(auth.store, user)
     key = (username, hmac.new(_KEY, password.encode(), hashlib.sha256).digest(), user.password_hash)
     cache = _cache(auth.auth_config.auth_cache_ttl_seconds)
@@ -67,6 +74,14 @@ def _check():
             with _LOCK:
                 cache[key] = True
     return authorization
+
+
+def _user_database_unavailable(error: MlflowException) -> Response:
+    message = f"the user database did not answer ({error.error_code}); try again"
+    body = json.dumps({"error_code": "TEMPORARILY_UNAVAILABLE", "message": message})
+    # no Retry-After: clients then back off exponentially (a failover takes seconds; urllib3 would
+    # otherwise spend MLflow's retries a second apart)
+    return Response(body, status=503, mimetype="application/json")
 
 
 def _remember_for_this_request(store, user) -> None:
