@@ -7,8 +7,10 @@ missing native binary fails the run instead of skipping it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -25,6 +27,7 @@ from rich.console import Console
 from mlstack.envfile import read_env, update_env
 from mlstack.errors import MissingToolError
 from mlstack.runtime.docker import engine_answers
+from mlstack.runtime.native.postgres_cluster import HA_PORT_COUNT
 from mlstack.runtime.native.tools import find_tools
 from mlstack.secrets import init_env
 from mlstack.settings import SECRET_FIELDS, Settings
@@ -35,23 +38,49 @@ REPO = Path(__file__).resolve().parents[1]
 REQUIRED_RUNTIME = os.environ.get("MLSTACK_REQUIRE_RUNTIME", "")
 
 
+#: Ports handed out in this session: the kernel may offer a released port again at once, and two
+#: services of one scratch stack must never get the same one.
+HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in HANDED_OUT:
+            HANDED_OUT.add(port)
+            return port
 
 
 def free_port_with_grpc() -> int:
     """A free port whose SeaweedFS gRPC twin (port + 10000) is free too."""
     while True:
         port = free_port()
-        if port + 10000 < 65536:
+        if port + 10000 < 65536 and port + 10000 not in HANDED_OUT:
             with socket.socket() as sock:
                 try:
                     sock.bind(("127.0.0.1", port + 10000))
                 except OSError:
                     continue
+            HANDED_OUT.add(port + 10000)
             return port
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free ports, below Linux's ephemeral range (no client socket
+    takes one of them meanwhile)."""
+    while True:
+        base = random.randrange(20000, 32000 - count)
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if HANDED_OUT.isdisjoint(range(base, base + count)):
+            HANDED_OUT.update(range(base, base + count))
+            return base
 
 
 def scratch_stack_env() -> dict[str, str]:
@@ -67,6 +96,8 @@ def scratch_stack_env() -> dict[str, str]:
         "MINIO_API_PORT": str(free_port()),
         "MINIO_CONSOLE_PORT": str(free_port()),
         "MLFLOW_PORT": str(free_port()),
+        # the ha topology's members (MLSTACK_TOPOLOGY=ha)
+        "MLSTACK_HA_PORT_BASE": str(free_port_block(HA_PORT_COUNT)),
         # ClearML's too: no scratch project may reach a ClearML server the user runs on the defaults
         "CLEARML_API_PORT": str(free_port()),
         "CLEARML_WEB_PORT": str(free_port()),

@@ -16,6 +16,8 @@ from pydantic import Field, SecretStr
 from mlstack.client_settings import ClientSettings
 
 RuntimeName = Literal["auto", "docker", "native"]
+#: single: one process a service; ha: PostgreSQL a Patroni cluster behind HAProxy (docs/scale-out.md).
+Topology = Literal["single", "ha"]
 
 #: ClearML server secrets; each replaces a value upstream ships publicly (see infra/clearml/compose.yaml).
 CLEARML_SECRET_FIELDS = (
@@ -37,6 +39,7 @@ CLEARML_SECRET_FIELDS = (
 #: Names of every secret in `.env`; `mlstack init` generates them, `up` refuses placeholders.
 MLFLOW_SECRET_FIELDS = (
     "postgres_password",
+    "postgres_replication_password",
     "mlflow_db_password",
     "s3_admin_secret_key",
     "mlflow_s3_secret_key",
@@ -65,6 +68,9 @@ class Settings(ClientSettings):
     backup_dir: Path | None = Field(default=None, alias="MLSTACK_BACKUP_DIR")
     runtime: RuntimeName = Field(default="auto", alias="MLSTACK_RUNTIME")
     bind_address: str = Field(default="127.0.0.1", alias="MLSTACK_BIND_ADDRESS")
+    topology: Topology = Field(default="single", alias="MLSTACK_TOPOLOGY")
+    #: ha: the first of the cluster members' inner ports (bound to 127.0.0.1; mlstack.stacks.mlflow.ha_ports).
+    ha_port_base: int = Field(default=17000, ge=1024, le=65000, alias="MLSTACK_HA_PORT_BASE")
 
     #: The superuser (initdb, the database bootstrap step); never in the MLflow server's environment.
     postgres_user: str = "postgres"
@@ -73,6 +79,8 @@ class Settings(ClientSettings):
     postgres_port: int = 5432
     #: Where PostgreSQL answers (compose: the service name).
     postgres_host: str = Field(default="127.0.0.1", alias="MLSTACK_POSTGRES_HOST")
+    #: ha: the account the PostgreSQL replicas stream the leader's WAL with.
+    postgres_replication_password: SecretStr = SecretStr("")
     #: The MLflow server's role: owns the MLflow databases, nothing else (no superuser, no CREATEDB/ROLE).
     mlflow_db_user: str = "mlflow_server"
     mlflow_db_password: SecretStr = SecretStr("")

@@ -53,7 +53,7 @@ def native(project):
             pytest.fail(f"MLSTACK_REQUIRE_RUNTIME=native but the native runtime cannot run: {missing}")
         pytest.skip(f"the native runtime is not installed: {missing}")
     runtime = NativeRuntime(project, Console(stderr=True), start_timeout=60)
-    runtime._prepare_postgres_home()
+    runtime._prepare_postgres_home(runtime.postgres.data)
     runtime._initdb(tools)
     socket_folder = runtime.postgres.home / "socket"
     socket_folder.mkdir(mode=0o700)

