@@ -8,11 +8,13 @@ import math
 import random
 import uuid
 
+import mlflow.version
 import pytest
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlstack_mlflow_store.store import PostgresFastPathStore
+from packaging.version import Version
 
 from tests.integration.test_fast_store import comparable
 
@@ -42,6 +44,11 @@ FILTERS = [
     "metrics.rmse > 0 and params.model = 'ridge'",
     "tags.team = 'nlp' and attributes.start_time <= 1000100",
 ]
+#: MLflow 3.16's store cannot filter runs on a number attribute on PostgreSQL: it binds the number as
+#: text (`runs.start_time > '1000050'::VARCHAR`), which PostgreSQL refuses ("operator does not exist:
+#: bigint > character varying"), so it answers such a search with an error, not runs (3.17 binds a
+#: number). There, the fast store must refuse such a search as MLflow's does (the same error code).
+NUMBER_ATTRIBUTE_FILTERS_WORK = Version(mlflow.version.VERSION).release[:2] >= (3, 17)
 ORDERS = [
     [],
     ["attributes.start_time DESC"],
@@ -132,6 +139,13 @@ def test_random_searches_return_what_mlflows_store_returns(stores, experiment_id
             generator.choice(ORDERS),
             generator.choice([1, 7, 50, 1000]),
         )
+        if "attributes.start_time" in query[0] and not NUMBER_ATTRIBUTE_FILTERS_WORK:
+            with pytest.raises(MlflowException) as refused:
+                walk(upstream, experiment_id, *query)
+            with pytest.raises(MlflowException) as also_refused:
+                walk(fast, experiment_id, *query)
+            assert also_refused.value.error_code == refused.value.error_code, query
+            continue
         expected = walk(upstream, experiment_id, *query)
         assert walk(fast, experiment_id, *query) == expected, query
 

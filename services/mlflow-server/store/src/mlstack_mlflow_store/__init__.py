@@ -3,8 +3,8 @@
 MLflow builds the store for a `postgresql://` backend URI through the `mlflow.tracking_store`
 entry point named `postgresql`, which this package provides. The builder returns
 `PostgresFastPathStore` only when the server runs with `MLSTACK_FAST_STORE=true`, on an MLflow
-minor version the fast paths were verified against (SUPPORTED_MLFLOW), with workspaces on
-`WorkspaceFastPathStore` (workspaces.py); otherwise it returns exactly the store MLflow itself
+minor version the fast paths were verified against (SUPPORTED_MLFLOW: 3.16 and 3.17), with workspaces
+on `WorkspaceFastPathStore` (workspaces.py); otherwise it returns exactly the store MLflow itself
 would have built.
 """
 
@@ -18,8 +18,9 @@ from packaging.version import Version
 #: The MLflow minor versions whose schema and store semantics the fast paths are verified against:
 #: CI runs the equivalence tests (tests/integration/test_fast_store.py, test_fast_search.py) under
 #: each (`python -m tests.mlflow_versions`). Supporting a new minor is one entry here, proven by them.
-#: 3.16 is not listed: it lacks two internals the fast paths keep MLflow's behaviour with (compat.py).
-SUPPORTED_MLFLOW: tuple[tuple[int, int], ...] = ((3, 17),)
+#: 3.17 is the pinned one; 3.16 is the previous minor, whose differences (internals it lacks and what
+#: it does instead) compat.VARYING holds.
+SUPPORTED_MLFLOW: tuple[tuple[int, int], ...] = ((3, 16), (3, 17))
 ENABLE_VAR = "MLSTACK_FAST_STORE"
 
 # A child of MLflow's logger, so the line lands in the server's log next to MLflow's own.

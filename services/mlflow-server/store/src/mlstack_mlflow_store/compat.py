@@ -5,6 +5,11 @@ says the public behaviour it stands for, and a self-check of them all.
 lists what an installed MLflow lacks; the store builder asks `usable()` once at start and, when
 anything is missing, runs MLflow's own store and handlers, saying so in one log line, instead of
 failing requests later.
+
+The supported minors (SUPPORTED_MLFLOW) do not all have the same internals: `VARYING` holds those
+some of them lack, each with what the plugin does where it is missing, which is what that MLflow
+itself does there. This is the one place that knows how the supported minors differ; the rest of the
+plugin asks for `compat.parse_experiment_ids` and gets the installed MLflow's behaviour.
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ INTERNALS: dict[str, tuple[str, str, str]] = {
     ),
     "validate_metric_name": ("mlflow.utils.validation", "_validate_metric_name", "log-metric's key check"),
     "validate_run_id": ("mlflow.utils.validation", "_validate_run_id", "a run id's check"),
-    "parse_experiment_ids": ("mlflow.utils.validation", "_parse_experiment_ids", "search-runs' experiment ids"),
     "validate_metric": ("mlflow.utils.validation", "_validate_metric", "log-metric's point check"),
     "validate_batch_data": ("mlflow.utils.validation", "_validate_batch_log_data", "log-batch's points check"),
     "validate_batch_limits": ("mlflow.utils.validation", "_validate_batch_log_limits", "log-batch's size limits"),
@@ -54,10 +58,69 @@ INTERNALS: dict[str, tuple[str, str, str]] = {
         "_is_disabled_legacy_admin_login",
         "the auth app's refusal of the old default admin password",
     ),
+}
+
+
+def _int_experiment_ids(experiment_ids):
+    """search-runs' experiment ids as MLflow 3.16's `_search_runs` reads them: `int()` of each (an id
+    that is not a number raises ValueError, which MLflow's managed session turns into INTERNAL_ERROR)."""
+    return [int(experiment_id) for experiment_id in experiment_ids]
+
+
+def _can_update_experiment_as(username: str, experiment_id: str, created_type: str) -> bool:
+    """Whether `username` may create a `created_type` in the experiment, as MLflow 3.16 decides any
+    write there: its permission on the experiment (grant, role or default) allows updates."""
+    from mlflow.server import auth
+
+    return auth._get_experiment_permission(experiment_id, username).can_update
+
+
+#: The internals only some supported minors have: our name -> (MLflow module, its private name, what
+#: the plugin uses where the installed MLflow lacks it, what that MLflow does instead). A stand-in of
+#: None: that MLflow has no such step, and the plugin adds none (its caller leaves the step out).
+VARYING: dict[str, tuple[str, str, Any, str]] = {
+    "parse_experiment_ids": (
+        "mlflow.utils.validation",
+        "_parse_experiment_ids",
+        _int_experiment_ids,
+        "3.16 reads search-runs' experiment ids with int() (a bad id: INTERNAL_ERROR, not INVALID_PARAMETER_VALUE)",
+    ),
+    "log_batch_check": (
+        "mlflow.server.auth",
+        "validate_can_log_batch",
+        None,
+        "3.16's auth app checks log-batch with validate_can_update_run: UPDATE on the run, from its id, "
+        "without parsing the body (its points' logged models are not checked)",
+    ),
     "can_update_run_and_models": (
         "mlflow.server.auth",
         "_validate_can_update_run_and_models",
-        "log-batch's permission check on its run and models",
+        None,
+        "log-batch's permission check on its run and models; 3.16 has none (see log_batch_check)",
+    ),
+    "create_in_experiment_as": (
+        "mlflow.server.auth",
+        "_authorize_create_in_experiment_as",
+        _can_update_experiment_as,
+        "3.16 has no per-type create check: a write in an experiment needs update on the experiment",
+    ),
+    "redact_run_model_links": (
+        "mlflow.server.auth",
+        "redact_get_run_model_links",
+        None,
+        "3.16's auth app sends runs/get answers as they are: no logged-model links withheld",
+    ),
+    "redact_search_model_links": (
+        "mlflow.server.auth",
+        "redact_search_runs_model_links",
+        None,
+        "3.16's auth app sends search-runs answers as they are: no logged-model links withheld",
+    ),
+    "redact_history_model_ids": (
+        "mlflow.server.auth",
+        "redact_metric_history_model_ids",
+        None,
+        "3.16's auth app sends metric-history answers as they are: no logged-model ids withheld",
     ),
 }
 #: SqlAlchemyStore methods the fast store calls or overrides, and what each does
@@ -76,6 +139,9 @@ _AUTH_MODULE = "mlflow.server.auth"
 
 
 def __getattr__(name: str) -> Any:
+    if name in VARYING:
+        module, private, stand_in, _ = VARYING[name]
+        return getattr(importlib.import_module(module), private, stand_in)
     if name not in INTERNALS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module, private, _ = INTERNALS[name]
@@ -83,7 +149,8 @@ def __getattr__(name: str) -> Any:
 
 
 def missing(with_auth: bool = False) -> list[str]:
-    """The internals the installed MLflow lacks (the auth app's only `with_auth`)."""
+    """The internals the installed MLflow lacks (the auth app's only `with_auth`); a `VARYING` one is
+    never missing: where MLflow lacks it, its stand-in is that MLflow's own behaviour."""
     lacking = []
     for module_name, private, _ in INTERNALS.values():
         if module_name == _AUTH_MODULE and not with_auth:

@@ -20,7 +20,7 @@ import re
 from a2wsgi import ASGIMiddleware
 from flask import Flask, Response, jsonify, request
 
-from mlstack_mlflow_store import auth, guard
+from mlstack_mlflow_store import auth, compat, guard
 
 _logger = logging.getLogger(f"mlflow.{__name__}")
 ENABLE_VAR = "MLSTACK_FASTAPI_ROUTES"
@@ -77,12 +77,15 @@ class NativeRoutes:
 JOB_SUBMISSION = "/ajax-api/3.0/jobs/"
 
 
+#: MLflow's permission resource type of traces (RESOURCE_TYPE_TRACE; jobs write assessments on them).
+TRACE = "trace"
+
+
 def job_refusal() -> Response | None:
     """A job writes into the experiment its params name with the server's credentials, and MLflow's
     auth app asks only for a login to submit one: here a person who is not an admin needs what a
     trace write in that experiment needs (a reader's job would otherwise write assessments)."""
-    from mlflow.server.auth import _authorize_create_in_experiment_as, store
-    from mlflow.server.auth.permissions import RESOURCE_TYPE_TRACE
+    from mlflow.server.auth import store
 
     login = auth.authenticate_request_basic_auth()
     if isinstance(login, Response):
@@ -93,7 +96,7 @@ def job_refusal() -> Response | None:
     experiment_id = body["params"].get("experiment_id")
     if experiment_id is None or store.get_user(login.username).is_admin:
         return None
-    if not _authorize_create_in_experiment_as(login.username, str(experiment_id), RESOURCE_TYPE_TRACE):
+    if not compat.create_in_experiment_as(login.username, str(experiment_id), TRACE):
         message = f"{login.username!r} may not write in experiment {experiment_id}, where this job would write"
         return _refuse(403, "PERMISSION_DENIED", message)
     return None

@@ -13,7 +13,8 @@ path takes names none, so its check is the run's alone, made without the parse; 
 keeps MLflow's whole check. Likewise, for a person who is not an admin, the auth app parses every
 runs/get, search-runs and metric-history answer back into protobuf to withhold links to logged
 models they are denied (1 s for 10,000 runs); an answer that names no logged model has none to
-withhold, so it is sent as it is.
+withhold, so it is sent as it is. (MLflow 3.16's auth app does neither: it checks the run alone and
+withholds no links, and is left as it is.)
 
 Only a request MLflow would accept exactly as it is takes this path: JSON content, only `run_id` and
 `metrics` (empty `params`/`tags` allowed), 1 to 1000 points of `key`, `value`, `timestamp` and an
@@ -173,22 +174,24 @@ def _readable_experiment_ids(experiment_ids: list[str]) -> list[str]:
 
 def _install_auth_check(auth) -> None:
     """Route the auth app's log-batch check through the run-only check for bodies this path takes, and
-    its logged-model redactions past answers that name no logged model."""
-    mlflow_check = auth.validate_can_log_batch
+    its logged-model redactions past answers that name no logged model. An MLflow whose auth app has
+    no such check or redaction (3.16: compat.VARYING) keeps its auth app as it is."""
+    mlflow_check, run_check = compat.log_batch_check, compat.can_update_run_and_models
+    if mlflow_check is not None and run_check is not None:
 
-    def validate_can_log_batch() -> bool:
-        if request_columns() is not None:  # no point names a logged model: MLflow's check is the run's
-            return compat.can_update_run_and_models(set())
-        return mlflow_check()
+        def validate_can_log_batch() -> bool:
+            if request_columns() is not None:  # no point names a logged model: MLflow's check is the run's
+                return run_check(set())
+            return mlflow_check()
 
-    for route, check in list(auth.BEFORE_REQUEST_VALIDATORS.items()):
-        if check is mlflow_check:
-            auth.BEFORE_REQUEST_VALIDATORS[route] = validate_can_log_batch
+        for route, check in list(auth.BEFORE_REQUEST_VALIDATORS.items()):
+            if check is mlflow_check:
+                auth.BEFORE_REQUEST_VALIDATORS[route] = validate_can_log_batch
     model_link_redactions = {
-        auth.redact_get_run_model_links,
-        auth.redact_search_runs_model_links,
-        auth.redact_metric_history_model_ids,
-    }
+        compat.redact_run_model_links,
+        compat.redact_search_model_links,
+        compat.redact_history_model_ids,
+    } - {None}
     for route, redact in list(auth.AFTER_REQUEST_HANDLERS.items()):
         if redact in model_link_redactions:
             auth.AFTER_REQUEST_HANDLERS[route] = only_with_model_links(redact)
