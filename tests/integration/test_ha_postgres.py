@@ -245,7 +245,9 @@ class Renewals:
 
 def test_sigkill_of_an_etcd_member_keeps_the_leader_and_its_writes(stack, capsys, monkeypatch):
     settings = stack
-    login(settings, monkeypatch)
+    probe = Availability(settings.mlflow_url, login(settings, monkeypatch))
+    prober = threading.Thread(target=probe.run)
+    prober.start()
     before = leader(settings)
     runtime = NativeRuntime(settings, Console(stderr=True))
     killed = cluster_members(settings)[0].etcd
@@ -263,6 +265,8 @@ def test_sigkill_of_an_etcd_member_keeps_the_leader_and_its_writes(stack, capsys
     client.set_terminated(run)
     with runtime_connection(settings) as connection:
         assert connection.execute("SELECT count(*) FROM metrics WHERE run_uuid = %s", (run,)).fetchone() == (1,)
+    probe.stop.set()
+    prober.join()
 
     up = run_mlstack(settings.project_dir, "up", "--stack", "mlflow", "--runtime", "native")
     assert up.returncode == 0, up.stdout + up.stderr
@@ -270,7 +274,8 @@ def test_sigkill_of_an_etcd_member_keeps_the_leader_and_its_writes(stack, capsys
     assert status.returncode == 0, status.stdout + status.stderr
     with capsys.disabled():
         print(
-            f"\n[drill: etcd member SIGKILL] {killed}; leader {before} kept; a write landed "
+            f"\n[drill: etcd member SIGKILL] {killed}; leader {before} kept through two renewals; a client saw "
+            f"{probe.unavailable_seconds:.1f} s of failures ({len(probe.failures)} failed requests) in the "
             f"{time.monotonic() - killed_at:.1f} s after the kill; `mlstack up` restarted {killed}"
         )
 

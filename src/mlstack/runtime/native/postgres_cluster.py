@@ -24,7 +24,7 @@ from mlstack.stacks.mlflow import POSTGRES_MEMBERS
 SCOPE = "mlstack"
 REPLICATION_USER = "replicator"
 #: Seconds without the leader's heartbeat before a replica takes over, and Patroni's loop; together
-#: with HAProxy's checks (a second apart, down after two) they bound a failover at ~15 s.
+#: with HAProxy's checks (a second apart, down after two) they make a failover take ~20 s (drills).
 LEADER_TTL, LOOP_WAIT, RETRY_TIMEOUT = 10, 2, 3
 CHECK = "inter 1s fall 2 rise 2"
 #: The ports `cluster_members` lays out from MLSTACK_HA_PORT_BASE.
