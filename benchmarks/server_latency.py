@@ -64,6 +64,7 @@ NO_AUTH = "shipped server without authentication"
 #: The shipped server with MLflow's own login check (a per-worker cache): the latency before mlstack's
 #: check, which reads the person's row on every request so that a change counts at once.
 MLFLOW_LOGIN_CACHE = "shipped server, MLflow's per-worker login cache"
+UVICORN_STACK_STORE = "uvicorn (MLflow's server process), the stack's store and login check"
 UPLOADS_HELD = 2
 
 
@@ -80,6 +81,10 @@ def candidates(settings: Settings, deployments: bool) -> list[Candidate]:
         chosen.append(Candidate(MLFLOW_LOGIN_CACHE, shipped_gunicorn, auth="mlflow-login-cache", fast_store=fast))
         chosen.append(Candidate(NO_AUTH, shipped_gunicorn, auth="off", fast_store=fast))
         chosen.append(before_fastapi_routes(settings))
+        # MLflow's own server process (uvicorn >= 0.55: no keep-alive stall, benchmarks/uvicorn_stall.py)
+        # with the stack's store and login check, but none of gunicorn's hooks (no request guard, no
+        # request-level fast paths): is gunicorn still worth it?
+        chosen.append(Candidate(UVICORN_STACK_STORE, auth="shipped", fast_store=fast))
     if deployments:
         chosen += [
             Candidate("uvicorn, h11 parser", ("--uvicorn-opts", "--http h11")),
