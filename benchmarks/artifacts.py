@@ -29,6 +29,13 @@ server is meant to write to, after the timing. Objects are deleted from the stor
 Each round runs every size on every server, the servers taking turns in an order that rotates from
 round to round; the table gives medians over rounds. 1 KB = 1024 bytes, 1 MB = 2^20 bytes, and MB/s
 in the same unit.
+
+A second table gives the CPU each phase cost, in CPU milliseconds per object (median over rounds): the
+store (MinIO's process; the native stack's `weed server`: master, volume server, filer and S3 gateway),
+the MLflow server (its process group: gunicorn and its workers) and the clients (this process). On
+2 cores an upload is CPU-bound: a store that spends more per byte takes it from the server and the
+clients. The stack's own server and SeaweedFS are counted only on the native runtime (their pid files);
+under compose those cells are empty.
 """
 
 from __future__ import annotations
@@ -52,7 +59,15 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
-from servers import Candidate, free_port, shipped_server_args, start_mlflow, start_process, wait_until_quiet
+from servers import (
+    Candidate,
+    free_port,
+    group_cpu_seconds,
+    shipped_server_args,
+    start_mlflow,
+    start_process,
+    wait_until_quiet,
+)
 
 from mlstack.bootstrap.storage import admin_s3, s3_client
 from mlstack.health import http_ok
@@ -64,6 +79,8 @@ from mlstack.tracking.mlflow.config import use_credentials
 UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 MB = 1024**2
 DIRECTIONS = ("upload", "download")
+#: The parts whose CPU a phase costs, as the CPU table names them.
+PARTS = ("store", "server", "clients")
 #: Objects per client for the default sizes: a full run (3 rounds) takes about 8 minutes on 2 cores.
 DEFAULT_COUNTS = {1024: 50, MB: 10, 100 * MB: 1}
 
@@ -116,6 +133,28 @@ class Server:
     clients: list[tuple[MlflowClient, str]] = field(default_factory=list)
     #: Seconds a phase took, by (size, direction), one per round.
     seconds: dict[tuple[int, str], list[float]] = field(default_factory=dict)
+    #: Process groups whose CPU a phase is charged to: the store's and the server's (None: not known here).
+    store_pgid: int | None = None
+    server_pgid: int | None = None
+    #: CPU seconds a phase cost, by (size, direction), one {part: seconds} per round.
+    cpu: dict[tuple[int, str], list[dict[str, float]]] = field(default_factory=dict)
+
+    def cpu_now(self) -> dict[str, float | None]:
+        """CPU seconds used so far by the store's and the server's process groups and by this process."""
+        return {
+            "store": group_cpu_seconds(self.store_pgid) if self.store_pgid else None,
+            "server": group_cpu_seconds(self.server_pgid) if self.server_pgid else None,
+            "clients": sum(os.times()[:2]),
+        }
+
+    def timed(self, size: int, direction: str, clients: int, work: Callable[[int], None]) -> float:
+        """run_together(clients, work), its CPU recorded by part."""
+        before = self.cpu_now()
+        seconds = run_together(clients, work)
+        after = self.cpu_now()
+        used = {part: after[part] - before[part] for part in PARTS if before[part] is not None}
+        self.cpu.setdefault((size, direction), []).append(used)
+        return seconds
 
     def prepare(self, clients: int, warmup_file: Path, scratch: Path) -> None:
         """An experiment, a run a client, and one untimed upload and download by each (connections,
@@ -224,12 +263,12 @@ def measure(server: Server, round_number: int, size: int, count: int, sources: l
 
     clients = len(server.clients)
     try:
-        uploaded = run_together(clients, upload)
+        uploaded = server.timed(size, "upload", clients, upload)
         run_prefixes = [f"{server.prefix}{run_id}/artifacts/r{round_number}/{label}/" for _, run_id in server.clients]
         stored = sum(len(server.store.keys(prefix)) for prefix in run_prefixes)
         if stored != clients * count:
             raise RuntimeError(f"{server.name}: {stored} objects in {server.store.name}, expected {clients * count}")
-        downloaded = run_together(clients, download)
+        downloaded = server.timed(size, "download", clients, download)
         for client_index, source in enumerate(sources):
             if len(downloaded_paths[client_index]) != count:
                 raise RuntimeError(
@@ -266,6 +305,12 @@ def start_minio(settings: Settings, workdir: Path) -> tuple[ManagedProcess, str,
     command = [str(minio), "server", str(data), "--address", address, "--console-address", f"127.0.0.1:{free_port()}"]
     process = start_process(command, env, workdir, f"{endpoint}/minio/health/live")
     return process, endpoint, user, password
+
+
+def native_pid(settings: Settings, service: str) -> int | None:
+    """The live pid (its process group's) of a native runtime's service, else None (compose, not running)."""
+    process = ManagedProcess(service, settings.state_path / "run", settings.state_path / "logs")
+    return process.pid()
 
 
 def minio_version(settings: Settings) -> str:
@@ -354,10 +399,29 @@ def main() -> None:
             wait_until_quiet(process.pid())
 
         short = "SeaweedFS" if not settings.s3_endpoint else "your S3"
+        stack_store_pid = None if settings.s3_endpoint else native_pid(settings, "seaweedfs")
         servers = [  # (b) and (c) first: print_results takes the ratio of these two
-            Server("(b) same deployment, MinIO", minio_server_url, Store("MinIO", minio_s3, bucket)),
-            Server(f"(c) same deployment, {short}", seaweedfs_server_url, stack_s3),
-            Server(f"(a) stack's server, {short}", stack_url, stack_s3),
+            Server(
+                "(b) same deployment, MinIO",
+                minio_server_url,
+                Store("MinIO", minio_s3, bucket),
+                store_pgid=minio.pid(),
+                server_pgid=on_minio.pid(),
+            ),
+            Server(
+                f"(c) same deployment, {short}",
+                seaweedfs_server_url,
+                stack_s3,
+                store_pgid=stack_store_pid,
+                server_pgid=on_seaweedfs.pid(),
+            ),
+            Server(
+                f"(a) stack's server, {short}",
+                stack_url,
+                stack_s3,
+                store_pgid=stack_store_pid,
+                server_pgid=native_pid(settings, "mlflow"),
+            ),
         ]
         sources_dir = scratch / "sources"
         sources_dir.mkdir()
@@ -408,6 +472,30 @@ def print_results(servers: list[Server], sizes: list[int], counts: list[int], ar
                 cells.append(f"{rate(rates[server.name])} MB/s, {rate(per_second)} obj/s")
             ratio = rates[seaweedfs.name] / rates[minio.name]
             print("| " + " | ".join([size_label(size), direction, f"{objects:,}", *cells, f"**{ratio:.2f}x**"]) + " |")
+    print_cpu(servers, sizes, counts, args)
+
+
+def print_cpu(servers: list[Server], sizes: list[int], counts: list[int], args: argparse.Namespace) -> None:
+    """CPU milliseconds per object, by part (store, MLflow server, clients) and their total: medians over rounds."""
+    print(f"\nCPU ms per object, median of {args.rounds} rounds: store / MLflow server / clients (total)\n")
+    print("| size | direction | " + " | ".join(server.name for server in servers) + " |")
+    print("|---|---|" + "---:|" * len(servers))
+    for size, count in zip(sizes, counts, strict=True):
+        objects = args.clients * count
+        for direction in DIRECTIONS:
+            cells = []
+            for server in servers:
+                rounds = server.cpu.get((size, direction), [])
+                parts = [
+                    statistics.median(used[part] for used in rounds) * 1000 / objects
+                    if rounds and part in rounds[0]
+                    else None
+                    for part in PARTS
+                ]
+                shown = " / ".join("-" if value is None else f"{value:.3g}" for value in parts)
+                total = f" ({sum(parts):.3g})" if None not in parts else ""
+                cells.append(shown + total)
+            print("| " + " | ".join([size_label(size), direction, *cells]) + " |")
 
 
 if __name__ == "__main__":
