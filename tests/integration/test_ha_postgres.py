@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 import pytest
 import requests
 from mlflow import MlflowClient
@@ -30,6 +29,7 @@ from mlstack.runtime.native.postgres_cluster import SCOPE, cluster_members, clus
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.settings import Settings
 from tests.conftest import make_project, run_mlstack, user_environment
+from tests.stack import NativeStack
 
 pytestmark = pytest.mark.integration
 
@@ -42,21 +42,15 @@ def stack():
     root = Path(tempfile.mkdtemp(prefix="mlstack-ha-"))
     settings = make_project(root / "project")
     update_env(settings.env_file, {"MLSTACK_TOPOLOGY": "ha"})
-    settings = Settings.load(settings.project_dir)
-    runtime = NativeRuntime(settings, Console(stderr=True))
+    runtime = NativeRuntime(Settings.load(settings.project_dir), Console(stderr=True))
     try:
         up = run_mlstack(settings.project_dir, "up", "--stack", "mlflow", "--runtime", "native")
         assert up.returncode == 0, up.stdout + up.stderr
-        yield Settings.load(settings.project_dir)
+        yield NativeStack(Settings.load(settings.project_dir), Console(stderr=True))
     finally:
         runtime.down()
         shutil.rmtree(runtime.postgres.home, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
-
-
-def runtime_connection(settings: Settings) -> psycopg.Connection:
-    """The backend store, as every client reaches it: through HAProxy, to the leader."""
-    return psycopg.connect(settings.postgres_dsn(), autocommit=True)
 
 
 def roles(settings: Settings) -> dict[str, str]:
@@ -139,17 +133,16 @@ def upload_artifacts(client: MlflowClient, run_id: str, folder: Path, sent: list
         sent.append(path.name)
 
 
-def login(settings: Settings, monkeypatch) -> tuple[str, str]:
+def login(stack: NativeStack, monkeypatch) -> tuple[str, str]:
     """The scripts' account of .env, for this process's mlflow clients."""
-    auth = (settings.mlflow_tracking_username, settings.mlflow_tracking_password.get_secret_value())
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", auth[0])
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", auth[1])
-    return auth
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.client_auth[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.client_auth[1])
+    return stack.client_auth
 
 
 def test_sigkill_of_the_postgres_leader_loses_nothing_and_the_old_leader_rejoins(stack, tmp_path, capsys, monkeypatch):
-    settings = stack
-    auth = login(settings, monkeypatch)
+    settings = stack.settings
+    auth = login(stack, monkeypatch)
     killed = leader(settings)
     assert killed is not None, roles(settings)
     experiment = "ha-drill-leader"
@@ -166,10 +159,9 @@ def test_sigkill_of_the_postgres_leader_loses_nothing_and_the_old_leader_rejoins
     uploader.start()
     prober.start()
     wait_for("the first uploads", lambda: len(sent) >= 2)
-    runtime = NativeRuntime(settings, Console(stderr=True))
     assert all(tracker.poll() is None for tracker in trackers), "the kill must hit while every script logs"
     killed_at = time.monotonic()
-    runtime.kill(killed)
+    stack.runtime.kill(killed)
 
     for tracker in trackers:
         out, err = tracker.communicate(timeout=600)
@@ -181,7 +173,7 @@ def test_sigkill_of_the_postgres_leader_loses_nothing_and_the_old_leader_rejoins
 
     new_leader = leader(settings)
     assert new_leader not in (None, killed), roles(settings)
-    with runtime_connection(settings) as connection:
+    with stack.pg_connect() as connection:
         landed = connection.execute(
             "SELECT run_uuid, count(*), count(DISTINCT step) FROM metrics WHERE key = 'loss' AND run_uuid = ANY(%s) "
             "GROUP BY run_uuid",
@@ -244,14 +236,13 @@ class Renewals:
 
 
 def test_sigkill_of_an_etcd_member_keeps_the_leader_and_its_writes(stack, capsys, monkeypatch):
-    settings = stack
-    probe = Availability(settings.mlflow_url, login(settings, monkeypatch))
+    settings = stack.settings
+    probe = Availability(settings.mlflow_url, login(stack, monkeypatch))
     prober = threading.Thread(target=probe.run)
     prober.start()
     before = leader(settings)
-    runtime = NativeRuntime(settings, Console(stderr=True))
     killed = cluster_members(settings)[0].etcd
-    runtime.kill(killed)
+    stack.runtime.kill(killed)
     killed_at = time.monotonic()
     renewals = Renewals(settings)
     # two renewals of the leader's lease after the kill: it kept the lead through the remaining quorum
@@ -263,7 +254,7 @@ def test_sigkill_of_an_etcd_member_keeps_the_leader_and_its_writes(stack, capsys
     run = client.create_run(experiment).info.run_id
     client.log_metric(run, "loss", 0.5, step=0)
     client.set_terminated(run)
-    with runtime_connection(settings) as connection:
+    with stack.pg_connect() as connection:
         assert connection.execute("SELECT count(*) FROM metrics WHERE run_uuid = %s", (run,)).fetchone() == (1,)
     probe.stop.set()
     prober.join()
@@ -282,12 +273,13 @@ def test_sigkill_of_an_etcd_member_keeps_the_leader_and_its_writes(stack, capsys
 
 def test_the_topologies_refuse_each_others_data(stack, tmp_path):
     """A stack of one topology never starts over the other's data (its runs would vanish from view)."""
-    update_env(stack.env_file, {"MLSTACK_TOPOLOGY": "single"})
+    settings = stack.settings
+    update_env(settings.env_file, {"MLSTACK_TOPOLOGY": "single"})
     try:
-        refused = run_mlstack(stack.project_dir, "up", "--stack", "mlflow", "--runtime", "native")
+        refused = run_mlstack(settings.project_dir, "up", "--stack", "mlflow", "--runtime", "native")
     finally:
-        update_env(stack.env_file, {"MLSTACK_TOPOLOGY": "ha"})
+        update_env(settings.env_file, {"MLSTACK_TOPOLOGY": "ha"})
     assert refused.returncode == 1
     said = " ".join((refused.stdout + refused.stderr).split())
     assert "MLSTACK_TOPOLOGY=single, but this stack's PostgreSQL data is of the ha topology" in said, said
-    assert leader(stack) is not None  # the cluster runs on, untouched
+    assert leader(settings) is not None  # the cluster runs on, untouched

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.error import URLError
 from urllib.request import urlopen
 
+from mlstack.health import http_ok
 from mlstack.settings import Settings
 from mlstack.stacks.mlflow import POSTGRES_MEMBERS
 
@@ -50,6 +51,18 @@ class Member:
     def patroni(self) -> str:
         return f"postgres-{self.number}"
 
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_client}"
+
+    def etcd_healthy(self) -> bool:
+        """This etcd member answers and the cluster has a leader (a quorum)."""
+        return http_ok(f"{self.etcd_url}/health")
+
+    def patroni_healthy(self) -> bool:
+        """This member's PostgreSQL runs (as leader or replica), by its Patroni."""
+        return http_ok(f"http://127.0.0.1:{self.rest}/health")
+
 
 def cluster_members(settings: Settings) -> tuple[Member, ...]:
     """From MLSTACK_HA_PORT_BASE up: the etcd client ports, the etcd peer ports, the Patroni REST ports,
@@ -69,7 +82,7 @@ def cluster_members(settings: Settings) -> tuple[Member, ...]:
 
 def etcd_command(etcd: Path, settings: Settings, member: Member, data: Path) -> list[str]:
     peers = ",".join(f"{other.etcd}=http://127.0.0.1:{other.etcd_peer}" for other in cluster_members(settings))
-    client, peer = f"http://127.0.0.1:{member.etcd_client}", f"http://127.0.0.1:{member.etcd_peer}"
+    client, peer = member.etcd_url, f"http://127.0.0.1:{member.etcd_peer}"
     return [
         str(etcd),
         *("--name", member.etcd, "--data-dir", str(data)),

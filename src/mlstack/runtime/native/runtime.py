@@ -199,7 +199,7 @@ class NativeRuntime:
             ),
         }
         if s.topology == "ha":
-            probes.update(self._cluster_probes())
+            probes.update(self._cluster_probes(probes["postgres"]))
         statuses = []
         for service in self.definition.long_running(self.profiles()):
             url, probe, where = probes[service.name]
@@ -272,28 +272,23 @@ class NativeRuntime:
 
     # --- health probes ---------------------------------------------------------------------
 
-    def _cluster_probes(self) -> dict:
-        """status's lines of the ha topology: each member's role and lag, the leader HAProxy sends to."""
+    def _cluster_probes(self, postgres: tuple) -> dict:
+        """status's lines of the ha topology: each member's role and lag; `postgres` (the single
+        server's probe, now HAProxy's) says the leader it sends to."""
         members = {state["name"]: state for state in cluster_state(self.settings) or []}
         leader = next((name for name, state in members.items() if state.get("role") == "leader"), None)
-        s = self.settings
-        probes = {
-            "postgres": (
-                f"postgresql://127.0.0.1:{s.postgres_port}/{s.postgres_db}",
-                self._postgres_healthy,
-                f"HAProxy to the leader, {leader or 'none elected'}",
-            )
-        }
+        url, probe, _ = postgres
+        probes = {"postgres": (url, probe, f"HAProxy to the leader, {leader or 'none elected'}")}
         for member in self.members:
             state = members.get(member.patroni)
             probes[member.etcd] = (
-                f"http://127.0.0.1:{member.etcd_client}",
-                lambda member=member: http_ok(f"http://127.0.0.1:{member.etcd_client}/health"),
+                member.etcd_url,
+                member.etcd_healthy,
                 f"data: {self.data_dir / member.etcd}",
             )
             probes[member.patroni] = (
                 f"postgresql://127.0.0.1:{member.postgres}",
-                lambda member=member: http_ok(f"http://127.0.0.1:{member.rest}/health"),
+                member.patroni_healthy,
                 f"{describe(state) if state else 'not in the cluster'}; data: {self._member_home(member) / 'data'}",
             )
         return probes
@@ -420,7 +415,7 @@ class NativeRuntime:
             process.start(etcd_command(tools.etcd, self.settings, member, data), env=base_env(), cwd=data)
         if member == self.members[-1]:
             for each in self.members:
-                self._wait(each.etcd, lambda each=each: http_ok(f"http://127.0.0.1:{each.etcd_client}/health"))
+                self._wait(each.etcd, each.etcd_healthy)
 
     def _start_patroni(self, member: Member, tools: NativeTools) -> None:
         """One Patroni member (as the user PostgreSQL runs as): the first to start makes the cluster,
@@ -437,7 +432,7 @@ class NativeRuntime:
                     shutil.chown(path, layout.os_user, layout.os_user)
             env = {**base_env(), "HOME": str(home)}
             process.start([str(tools.patroni), str(config)], env=env, user=layout.os_user, cwd=home)
-        self._wait(member.patroni, lambda: http_ok(f"http://127.0.0.1:{member.rest}/health"))
+        self._wait(member.patroni, member.patroni_healthy)
 
     def _start_postgres_proxy(self, tools: NativeTools) -> None:
         """HAProxy on POSTGRES_PORT, to the leader; restarted only when its configuration changed."""
