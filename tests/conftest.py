@@ -27,7 +27,7 @@ from rich.console import Console
 from mlstack.envfile import read_env, update_env
 from mlstack.errors import MissingToolError
 from mlstack.runtime.docker import engine_answers
-from mlstack.runtime.native.postgres_cluster import HA_PORT_COUNT
+from mlstack.runtime.native.ha_ports import HA_PORT_COUNT
 from mlstack.runtime.native.tools import find_tools
 from mlstack.secrets import init_env
 from mlstack.settings import SECRET_FIELDS, Settings

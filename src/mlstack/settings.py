@@ -69,8 +69,9 @@ class Settings(ClientSettings):
     runtime: RuntimeName = Field(default="auto", alias="MLSTACK_RUNTIME")
     bind_address: str = Field(default="127.0.0.1", alias="MLSTACK_BIND_ADDRESS")
     topology: Topology = Field(default="single", alias="MLSTACK_TOPOLOGY")
-    #: ha: the first of the cluster members' inner ports (bound to 127.0.0.1; mlstack.stacks.mlflow.ha_ports).
-    ha_port_base: int = Field(default=17000, ge=1024, le=65000, alias="MLSTACK_HA_PORT_BASE")
+    #: ha: the first of the cluster members' inner ports (bound to 127.0.0.1; mlstack.runtime.native.ha_ports);
+    #: at most 55000: the SeaweedFS filers' gRPC ports sit 10,000 above their block.
+    ha_port_base: int = Field(default=17000, ge=1024, le=55000, alias="MLSTACK_HA_PORT_BASE")
 
     #: The superuser (initdb, the database bootstrap step); never in the MLflow server's environment.
     postgres_user: str = "postgres"

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mlstack.runtime.native.tools import find_compose
 from mlstack.secrets import init_env
@@ -34,13 +35,37 @@ def generated_env(tmp_path) -> Path:
     return env_file
 
 
-def run_compose(cli: list[str], compose_file: Path, env_file: Path, *args: str) -> subprocess.CompletedProcess:
-    """The compose CLI on one file, seeing only `env_file` (not the caller's environment)."""
+def run_compose(
+    cli: list[str], compose_file: Path | tuple[Path, ...], env_file: Path, *args: str
+) -> subprocess.CompletedProcess:
+    """The compose CLI on one file (or a file and its overrides), seeing only `env_file` (not the
+    caller's environment)."""
     clean_environment = {key: os.environ[key] for key in ("PATH", "HOME") if key in os.environ}
+    files = compose_file if isinstance(compose_file, tuple) else (compose_file,)
     return subprocess.run(
-        [*cli, "-f", str(compose_file), "--env-file", str(env_file), *args],
+        [*cli, *(option for path in files for option in ("-f", str(path))), "--env-file", str(env_file), *args],
         capture_output=True,
         text=True,
         env=clean_environment,
         timeout=120,
     )
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML as compose writes it, with an override's tags: `!reset` (the key dropped) reads as None,
+    `!override` (replacing the base file's value instead of merging with it) as the value it carries."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+ComposeLoader.add_constructor(
+    "!override",
+    lambda loader, node: (
+        loader.construct_mapping(node, deep=True)
+        if isinstance(node, yaml.MappingNode)
+        else loader.construct_sequence(node, deep=True)
+    ),
+)
+
+
+def load_compose(path: Path) -> dict:
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=ComposeLoader)

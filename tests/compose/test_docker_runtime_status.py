@@ -314,3 +314,52 @@ def test_a_stack_without_minio_data_never_starts_the_move(project, monkeypatch):
     assert runtime.requested_profiles() == []
     assert runtime.up() is False
     assert engine.arguments("rm") == []
+
+
+def test_ha_runs_the_override_and_judges_every_member(project, monkeypatch):
+    from mlstack.stacks.mlflow import MLFLOW_HA_STACK
+
+    update_env(project.env_file, {"MLSTACK_TOPOLOGY": "ha"})
+    settings = Settings.load(project.project_dir)
+    long_running = [service for service in MLFLOW_HA_STACK.long_running()]
+    engine = FakeEngine(
+        [*(container(name, "exited") for name in MLFLOW_ONE_SHOT), *(container(s.name) for s in long_running)]
+    )
+    runtime = runtime_with(settings, monkeypatch, engine)
+
+    folder = settings.project_dir / "infra" / "mlflow"
+    command = runtime.command("ps")
+    assert command[command.index("-f") : command.index("--env-file")] == [
+        "-f",
+        str(folder / "compose.yaml"),
+        "-f",
+        str(folder / "compose.ha.yaml"),
+    ]
+    statuses = {service.name: service for service in runtime.status()}
+    assert set(statuses) == {*MLFLOW_ONE_SHOT, *(service.name for service in long_running)}
+    assert all(service.healthy for service in statuses.values())
+    assert runtime.up() is False
+
+    assert runtime.server_services() == ["mlflow-1", "mlflow-2", "mlflow"]
+    runtime.stop_server()
+    [stop_args] = engine.arguments("stop")
+    assert stop_args[stop_args.index("stop") + 1 :] == ["tls-proxy", "mlflow", "mlflow-2", "mlflow-1"]
+
+
+def test_ha_runs_postgres_clients_in_a_member_to_the_leader_through_haproxy(project, monkeypatch):
+    update_env(project.env_file, {"MLSTACK_TOPOLOGY": "ha"})
+    runtime = DockerRuntime(Settings.load(project.project_dir), Console(quiet=True))
+    environment = runtime.rendered_config()["services"]["postgres-1"]["environment"]
+    ran = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda command, **_: ran.append(command) or subprocess.CompletedProcess(command, 0, b"", b"")
+    )
+
+    runtime.exec("postgres", ["pg_dump", "mlflow"])
+    [command] = ran
+    exec_args = command[command.index("exec") :]
+    assert exec_args[:3] == ["exec", "-T", "postgres-1"]
+    assert "PGHOST=postgres " in exec_args[5] and "$PATRONI_SUPERUSER_PASSWORD" in exec_args[5]
+    assert exec_args[-2:] == ["pg_dump", "mlflow"]
+    # the variables the login reads are the member's
+    assert {"PATRONI_SUPERUSER_USERNAME", "PATRONI_SUPERUSER_PASSWORD"} <= environment.keys()

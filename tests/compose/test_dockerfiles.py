@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from dockerfile_parse import DockerfileParser
 
+from tests.compose.conftest import load_compose
+
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-COMPOSE_FILES = sorted((PROJECT_DIR / "infra").glob("*/compose.yaml"))
+#: Each stack's compose file and its overrides (compose.ha.yaml builds the Patroni image).
+COMPOSE_FILES = sorted((PROJECT_DIR / "infra").glob("*/compose*.yaml"))
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,8 @@ class Build:
 def compose_builds() -> list[Build]:
     builds: dict[Path, Build] = {}
     for compose_file in COMPOSE_FILES:
-        for name, service in yaml.safe_load(compose_file.read_text())["services"].items():
-            if "build" not in service:
+        for name, service in load_compose(compose_file)["services"].items():
+            if not service.get("build"):
                 continue
             build = service["build"] if isinstance(service["build"], dict) else {"context": service["build"]}
             context = (compose_file.parent / build["context"]).resolve()
@@ -80,6 +82,7 @@ RUNS_ON = {
         "mlflow.server.auth",
     ),
     "infra/clearml/agent/Dockerfile": ("clearml_agent",),
+    "services/patroni/Dockerfile": ("patroni.dcs.etcd3", "patroni.postgresql", "psycopg"),
 }
 
 
@@ -162,3 +165,16 @@ def test_install_steps_run_as_the_dockerfile_writes_them(build, tmp_path):
     assert copied or (environment / "bin" / build.program).exists(), f"{build}: nothing installs {build.program}"
     imported = subprocess.run([str(python), "-c", f"import {', '.join(RUNS_ON[str(build)])}"], capture_output=True)
     assert imported.returncode == 0, f"{build}: {imported.stderr.decode()[-2000:]}"
+
+
+def test_patroni_image_installs_the_native_runtimes_patroni():
+    """One Patroni: the image's requirement is the native runtime's, and its tag names that version."""
+    from mlstack.runtime.native.tools import PATRONI_REQUIREMENT
+    from mlstack.stacks.mlflow import MLFLOW_STACK, PATRONI_IMAGE
+
+    requirements = (PROJECT_DIR / "services" / "patroni" / "requirements.txt").read_text().splitlines()
+    assert [line for line in requirements if line and not line.startswith("#")] == [PATRONI_REQUIREMENT]
+    assert PATRONI_IMAGE.split(":")[1].startswith(PATRONI_REQUIREMENT.split("==")[1] + "-")
+    # on compose.yaml's PostgreSQL image
+    base = DockerfileParser(path=str(PROJECT_DIR / "services" / "patroni" / "Dockerfile")).baseimage
+    assert base == MLFLOW_STACK["postgres"].image

@@ -13,12 +13,16 @@ from pydantic import SecretStr
 from mlstack.settings import Settings
 from mlstack.stacks import Service, Stack
 from mlstack.stacks.clearml import CLEARML_STACK
-from mlstack.stacks.mlflow import MLFLOW_STACK
+from mlstack.stacks.mlflow import ETCD_IMAGE, HAPROXY_IMAGE, MLFLOW_STACK
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 STACKS = {"mlflow": MLFLOW_STACK, "clearml": CLEARML_STACK}
 #: A probe named in a definition, and the program its compose health check runs.
 PROBES = {"postgres": "pg_isready", "mongo": "mongosh", "redis": "redis-cli"}
+#: Images with neither an HTTP client nor the probe program (compose.ha.yaml), and what their check
+#: sends instead: etcdctl's health check (what GET /health asks), PostgreSQL's SSLRequest (its code
+#: 80877103 in bash printf's octal escapes) through HAProxy.
+IMAGE_PROBES = {(ETCD_IMAGE, "/health"): "endpoint health", (HAPROXY_IMAGE, "postgres"): r"\4\322\26\57"}
 #: "${BIND:-127.0.0.1}:${VARIABLE:-default}:container" (a variable may hold digits: S3_PORT)
 PUBLISHED = re.compile(r"^\$\{[A-Z0-9_]+:-[^}]*\}:\$\{(?P<variable>[A-Z][A-Z0-9_]*):-\d+\}:(?P<container>\d+)$")
 
@@ -42,12 +46,17 @@ def test_each_compose_file_has_exactly_the_defined_services(stack):
 
 @pytest.mark.parametrize(("stack", "service"), cases())
 def test_each_service_is_composed_as_defined(stack: str, service: Service):
-    composed = compose_services(stack)[service.name]
+    check_composed(compose_services(stack)[service.name], service, STACKS[stack])
+
+
+def check_composed(composed: dict, service: Service, definition: Stack) -> None:
+    """`composed` (a service as a compose file writes it, or as `compose config --no-interpolate`
+    merges files) is `service` of `definition`, field by field."""
     assert composed["image"] == service.image
     waits = composed.get("depends_on") or {}
     assert set(waits) == set(service.waits_for)
     for name, how in waits.items():
-        waited = STACKS[stack][name]
+        waited = definition[name]
         assert how["condition"] == ("service_completed_successfully" if waited.one_shot else "service_healthy"), name
         # a service in a profile the waiting one is not in may be off: waited for only when it is on
         optional = waited.profile is not None and waited.profile != service.profile
@@ -57,7 +66,7 @@ def test_each_service_is_composed_as_defined(stack: str, service: Service):
     assert [(match["variable"], int(match["container"])) for match in published] == [
         (port.variable, port.container) for port in service.ports
     ]
-    volumes = [volume.split(":")[0] for volume in composed.get("volumes", [])]
+    volumes = [v.split(":")[0] if isinstance(v, str) else v["source"] for v in composed.get("volumes") or []]
     assert {volume for volume in volumes if re.fullmatch(r"[a-z][a-z0-9_-]*", volume)} == set(service.data)
     assert composed.get("profiles") == ([service.profile] if service.profile else None)
     assert composed.get("restart") == ("no" if service.one_shot else "unless-stopped")
@@ -65,7 +74,8 @@ def test_each_service_is_composed_as_defined(stack: str, service: Service):
     if service.health is None:
         assert not check
     else:
-        assert PROBES.get(service.health, service.health) in check
+        probe = IMAGE_PROBES.get((service.image, service.health)) or PROBES.get(service.health, service.health)
+        assert probe in check, (service.name, check)
 
 
 def test_a_service_cannot_wait_for_one_defined_after_it():

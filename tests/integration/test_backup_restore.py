@@ -1,9 +1,9 @@
-"""Backups that restore, on a scratch native stack, as docs/operations.md "Backups" says: runs with params, 10,000
-metric points, artifacts, a registered model with an alias and a person's login; `mlstack backup`;
-`mlstack down`; every byte of state wiped (.env too); `mlstack up`; `mlstack restore`: everything is
-identical. Then: a backup taken while a tracker logs restores consistently, a damaged archive is
-refused before anything changes, `upgrade` rolls back a migration that really fails, `gc` frees what deleted
-runs held and nothing else."""
+"""Backups that restore, on a scratch native stack of each topology (single; ha with its clusters and
+replicas), as docs/operations.md "Backups" says: runs with params, 10,000 metric points, artifacts, a
+registered model with an alias and a person's login; `mlstack backup`; `mlstack down`; every byte of
+state wiped (.env too); `mlstack up`; `mlstack restore`: everything is identical. Then: a backup taken
+while a tracker logs restores consistently, a damaged archive is refused before anything changes,
+`upgrade` rolls back a migration that really fails, `gc` frees what deleted runs held and nothing else."""
 
 from __future__ import annotations
 
@@ -84,10 +84,12 @@ def wipe(settings: Settings) -> None:
     settings.env_file.unlink()
 
 
-@pytest.fixture(scope="module")
-def project():
+@pytest.fixture(scope="module", params=["single", "ha"])
+def project(request):
+    """A scratch stack of each topology (MLSTACK_TOPOLOGY): every test here runs on both."""
     root = Path(tempfile.mkdtemp(prefix="mlstack-backup-"))
     settings = make_project(root / "project")
+    update_env(settings.env_file, {"MLSTACK_TOPOLOGY": request.param})
     ok(run_mlstack(settings.project_dir, "up", *STACK))
     try:
         yield settings.project_dir
@@ -156,6 +158,8 @@ def ports(settings: Settings) -> dict[str, object]:
         "SEAWEEDFS_FILER_PORT": settings.seaweedfs_filer_port,
         "SEAWEEDFS_METRICS_PORT": settings.seaweedfs_metrics_port,
         "MLFLOW_PORT": settings.mlflow_port,
+        "MLSTACK_HA_PORT_BASE": settings.ha_port_base,
+        "MLSTACK_TOPOLOGY": settings.topology,
         "MLSTACK_TOOLS_DIR": settings.tools_path,
     }
 

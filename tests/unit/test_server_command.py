@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from mlstack.envfile import update_env
 from mlstack.errors import ConfigError
-from mlstack.runtime.native.server import mlflow_server_command, mlflow_server_env, require_store_plugin
+from mlstack.runtime.native.ha_ports import MLFLOW_BLOCK
+from mlstack.runtime.native.server import (
+    mlflow_proxy_config,
+    mlflow_replicas,
+    mlflow_server_command,
+    mlflow_server_env,
+    require_store_plugin,
+)
 from mlstack.settings import Settings
 
 
@@ -47,3 +57,40 @@ def test_server_start_is_refused_without_its_plugin_whatever_the_fast_store_swit
         with pytest.raises(ConfigError) as raised:
             require_store_plugin(Settings.load(project.project_dir))
         assert "mlstack-mlflow-store plugin is not installed" in str(raised.value) and "make venv" in str(raised.value)
+
+
+def test_each_ha_replica_listens_on_loopback_on_a_port_of_its_own_in_the_mlflow_block(project):
+    update_env(project.env_file, {"MLSTACK_TOPOLOGY": "ha", "MLSTACK_HA_PORT_BASE": "21000"})
+    settings = Settings.load(project.project_dir)
+    replicas = mlflow_replicas(settings)
+
+    first, size = MLFLOW_BLOCK
+    assert [(r.name, r.port) for r in replicas] == [("mlflow-1", 21000 + first), ("mlflow-2", 21000 + first + 1)]
+    assert len(replicas) <= size
+    for replica in replicas:
+        command = mlflow_server_command(settings, "127.0.0.1", replica.port)
+        assert command[command.index("--host") + 1] == "127.0.0.1"
+        assert command[command.index("--port") + 1] == str(replica.port)
+    single = mlflow_server_command(settings)
+    assert single[single.index("--port") + 1] == str(settings.mlflow_port)
+
+
+def test_haproxy_spreads_over_the_replicas_on_mlflow_port_and_replays_only_what_cannot_double(project, tmp_path):
+    update_env(project.env_file, {"MLSTACK_TOPOLOGY": "ha"})
+    settings = Settings.load(project.project_dir)
+    config = mlflow_proxy_config(settings, tmp_path / "admin.sock")
+
+    assert f"bind {settings.bind_address}:{settings.mlflow_port}\n" in config
+    for replica in mlflow_replicas(settings):
+        assert f"server {replica.name} 127.0.0.1:{replica.port} check port {replica.port}\n" in config
+    assert "mode http" in config and "option redispatch 1" in config
+    assert "retry-on conn-failure empty-response\n" in config
+    assert "http-request disable-l7-retry unless replayable" in config
+    assert "/runs/create" not in config and "/experiments/create" not in config
+    assert f"stats socket {tmp_path / 'admin.sock'} mode 600 level admin" in config
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(haproxy).exists():
+        pytest.skip("HAProxy is not installed (MLSTACK_TOPOLOGY=ha's tools)")
+    (tmp_path / "haproxy.cfg").write_text(config)
+    checked = subprocess.run([haproxy, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path, PurePosixPath
+from typing import Protocol, runtime_checkable
 
 import psycopg
 from packaging.version import Version
@@ -301,11 +302,32 @@ def print_counts(console: Console, title: str, counts: dict[str, int]) -> None:
     console.print(table)
 
 
+@runtime_checkable
+class ReplicatedServer(Protocol):
+    """A runtime whose ha tracking servers restart one at a time behind HAProxy (the native runtime's)."""
+
+    def serving(self) -> bool: ...
+
+    def schema_current(self) -> bool: ...
+
+    def restart_replicas(self) -> None: ...
+
+
 def upgrade_mlflow(settings: Settings, runtime: MlflowStackRuntime, output: Path, console: Console) -> Path:
     """Stop the server, back up, run the schema migration, start the server again. When the migration
     fails, restore the backup as it was (no second migration) and raise saying where the stack stands.
-    Returns the backup."""
-    runtime.stop_server()
+    Returns the backup. With MLSTACK_TOPOLOGY=ha (the native runtime's replicas behind HAProxy), while
+    they serve and no migration is due, the replicas serve through the backup, then restart one at a
+    time: no request is refused. A migration due stops them first, as in single: no old server writes
+    while the schema changes, and a failed migration's rollback loses no write made after the backup."""
+    rolling = (
+        settings.topology == "ha"
+        and isinstance(runtime, ReplicatedServer)
+        and runtime.serving()
+        and runtime.schema_current()
+    )
+    if not rolling:
+        runtime.stop_server()
     archive = backup_mlflow(settings, runtime, output, console).path
     console.print(f"backup before the upgrade: {archive}")
     try:
@@ -323,7 +345,10 @@ def upgrade_mlflow(settings: Settings, runtime: MlflowStackRuntime, output: Path
                 "`mlstack upgrade` again, or go back to the mlstack release you upgraded from and run `mlstack up`"
             ) from None
         raise BackupError(f"{failed}; the stack was restored from {archive} and runs as before") from None
-    runtime.start_server(migrate=False)
+    if rolling:
+        runtime.restart_replicas()
+    else:
+        runtime.start_server(migrate=False)
     return archive
 
 

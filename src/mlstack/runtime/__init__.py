@@ -39,11 +39,6 @@ def select_runtime(
         raise RuntimeUnavailableError(elsewhere)
     name = resolve_runtime_name(requested or settings.runtime)
     if name == "docker":
-        if stack == "mlflow" and settings.topology == "ha":
-            raise RuntimeUnavailableError(
-                "MLSTACK_TOPOLOGY=ha runs on the native runtime only so far (its compose file is not written yet): "
-                "use --runtime native, or MLSTACK_TOPOLOGY=single with docker (docs/scale-out.md)."
-            )
         if not engine_answers():
             raise RuntimeUnavailableError(
                 "--runtime docker was asked for but no Docker engine answers: start Docker, or use --runtime native."

@@ -16,6 +16,7 @@ from mlstack.maintenance.minio_move import MoveReport, record_path, write_record
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.native.tools import find_compose
 from mlstack.settings import Settings
+from mlstack.stacks.mlflow import SERVER_IMAGE, mlflow_stack
 from mlstack.tls import ensure_certificate
 
 #: Compose's global option enabling every profile (compose-go: a "*" profile matches any service).
@@ -26,6 +27,17 @@ COMMAND_TIMEOUT = 300
 LOG_LINES = 20
 #: Marks a container that `compose run` created, not the service itself.
 RUN_CONTAINER_LABEL = "com.docker.compose.oneoff=True"
+#: Where `exec` runs PostgreSQL's client programs for the `postgres` service, logged in as the superuser
+#: (the password from the container's own environment, never on a command line), by topology: in the
+#: server's container; in ha (where `postgres` is HAProxy) in a Patroni member's, to the leader
+#: through HAProxy.
+POSTGRES_CLIENT = {
+    "single": ("postgres", 'PGHOST=127.0.0.1 PGUSER="$POSTGRES_USER" PGPASSWORD="$POSTGRES_PASSWORD" exec "$@"'),
+    "ha": (
+        "postgres-1",
+        'PGHOST=postgres PGUSER="$PATRONI_SUPERUSER_USERNAME" PGPASSWORD="$PATRONI_SUPERUSER_PASSWORD" exec "$@"',
+    ),
+}
 
 
 def engine_answers() -> bool:
@@ -110,18 +122,27 @@ class DockerRuntime:
     up_timeout: int = 600
     """Seconds `up` may take: compose's --wait-timeout, and the bound on the whole run (builds included)."""
 
+    @property
+    def ha(self) -> bool:
+        """The MLflow stack in MLSTACK_TOPOLOGY=ha: compose.yaml with its override compose.ha.yaml."""
+        return self.stack == "mlflow" and self.settings.topology == "ha"
+
     def command(self, *args: str) -> list[str]:
-        """The compose CLI on this stack's file and the project's .env, with `args`."""
-        compose_file = self.settings.project_dir / "infra" / self.stack / "compose.yaml"
-        if not compose_file.is_file():
-            raise RuntimeUnavailableError(
-                f"The docker runtime runs infra/{self.stack}/compose.yaml from the mlstack checkout, and "
-                f"{self.settings.project_dir} has none: run from your checkout, or use --runtime native."
-            )
+        """The compose CLI on this stack's file (with MLSTACK_TOPOLOGY=ha, and its ha override) and the
+        project's .env, with `args`."""
+        files = ["compose.yaml", *(["compose.ha.yaml"] if self.ha else [])]
+        for name in files:
+            if not (self.settings.project_dir / "infra" / self.stack / name).is_file():
+                raise RuntimeUnavailableError(
+                    f"The docker runtime runs infra/{self.stack}/{name} from the mlstack checkout, and "
+                    f"{self.settings.project_dir} has none: run from your checkout, or use --runtime native."
+                )
         command = find_compose(self.settings)
         if command is None:
             raise RuntimeUnavailableError("The docker runtime needs the compose plugin: `docker compose version`.")
-        return [*command, "-f", str(compose_file), "--env-file", str(self.settings.env_file), *args]
+        folder = self.settings.project_dir / "infra" / self.stack
+        options = [option for name in files for option in ("-f", str(folder / name))]
+        return [*command, *options, "--env-file", str(self.settings.env_file), *args]
 
     def compose(self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
         """The compose CLI (see `command`); killed after `timeout` seconds."""
@@ -232,9 +253,14 @@ class DockerRuntime:
     def kill(self, service: str) -> None:
         self.compose(*ALL_PROFILES, "kill", service)
 
+    def server_services(self) -> list[str]:
+        """The MLflow server's services, in start order: `mlflow`; in ha its replicas, then HAProxy as `mlflow`."""
+        stack = mlflow_stack(self.settings.topology)
+        return [s.name for s in stack.long_running() if s.name == "mlflow" or s.image == SERVER_IMAGE]
+
     def stop_server(self) -> None:
         """Stop the MLflow server (and the TLS front); the stores keep running."""
-        self.compose(*ALL_PROFILES, "stop", "tls-proxy", "mlflow")
+        self.compose(*ALL_PROFILES, "stop", "tls-proxy", *reversed(self.server_services()))
 
     def start_server(self, migrate: bool = True) -> None:
         """Run the migrate one-shot (unless `migrate` is false: the database stays as it is), then start
@@ -242,7 +268,7 @@ class DockerRuntime:
         if migrate:
             self.migrate()
         profiles = ["tls"] if self.settings.mlflow_tls else []
-        self._up_and_wait(profiles, "--no-deps", "mlflow", *(["tls-proxy"] if profiles else []))
+        self._up_and_wait(profiles, "--no-deps", *self.server_services(), *(["tls-proxy"] if profiles else []))
 
     def migrate(self) -> None:
         self.compose("run", "--rm", "migrate", timeout=self.up_timeout)
@@ -254,7 +280,7 @@ class DockerRuntime:
         superuser, its password from the container's own environment, never on a command line); its
         standard output as text unless `stdout` takes it."""
         if service == "postgres":
-            login = 'PGHOST=127.0.0.1 PGUSER="$POSTGRES_USER" PGPASSWORD="$POSTGRES_PASSWORD" exec "$@"'
+            service, login = POSTGRES_CLIENT["ha" if self.ha else "single"]
             command = ["sh", "-c", login, "sh", *command]
         full = self.command("exec", "-T", service, *command)
         result = subprocess.run(

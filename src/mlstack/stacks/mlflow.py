@@ -2,9 +2,13 @@
 S3), the tracking server, and its optional TLS front; for a stack made before SeaweedFS, the MinIO
 that holds its old artifacts and the step that moves them. infra/mlflow/compose.yaml runs the same.
 
-MLSTACK_TOPOLOGY=ha (`mlflow_stack`) replaces the one PostgreSQL with a cluster: three etcd members,
-three Patroni members, and HAProxy in the `postgres` service's place, so every other service reaches
-the leader where it reached PostgreSQL (docs/scale-out.md)."""
+MLSTACK_TOPOLOGY=ha (`mlflow_stack`) replaces each of the three stateful or serving services with a
+group of members and HAProxy under the service's own name and port, so every client reaches the
+group where it reached the one service (docs/scale-out.md):
+- `postgres`: three etcd members, three Patroni members (HAProxy sends to the leader);
+- `seaweedfs`: three masters (Raft), three volume servers (every volume on two of them), two filers
+  each with its S3 gateway (HAProxy spreads S3 requests over both);
+- `mlflow`: two tracking servers (HAProxy spreads requests over both)."""
 
 from dataclasses import replace
 
@@ -16,11 +20,14 @@ BOOTSTRAP_IMAGE = "mlstack/bootstrap:0.2.2"
 SERVER_IMAGE = "mlstack/mlflow-server:3.17.2-mlstack.7"
 #: The last community MinIO image: read-only source of the move to SeaweedFS (mlstack.maintenance.minio_move).
 MINIO_IMAGE = "minio/minio:RELEASE.2025-09-07T16-13-09Z"
-#: ha: the versions of the Debian packages (etcd-server, haproxy) and of Patroni on PyPI the native runtime runs.
+#: ha: the versions of the Debian packages (etcd-server, haproxy) and of Patroni on PyPI the native runtime
+#: runs, and how many members each group has.
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.4.23"
 PATRONI_IMAGE = "mlstack/patroni:4.1.5-pg15"
 HAPROXY_IMAGE = "haproxy:2.6.12"
 POSTGRES_MEMBERS = 3
+SEAWEEDFS_MASTERS, SEAWEEDFS_VOLUMES, SEAWEEDFS_FILERS = 3, 3, 2
+MLFLOW_REPLICAS = 2
 
 MLFLOW_STACK = Stack(
     "mlflow",
@@ -81,8 +88,13 @@ MLFLOW_STACK = Stack(
 )
 
 
+def _behind_proxy(single: Service, members: tuple[Service, ...]) -> Service:
+    """HAProxy in the single service's place: its name, port and health check, in front of `members`."""
+    return replace(single, image=HAPROXY_IMAGE, waits_for=tuple(member.name for member in members), data=())
+
+
 def _postgres_cluster(single: Service) -> tuple[Service, ...]:
-    """etcd-N and postgres-N (Patroni), then HAProxy as `postgres`: the single server's name and port."""
+    """etcd-N and postgres-N (Patroni), then HAProxy as `postgres`, to the leader."""
     etcd = tuple(
         Service(f"etcd-{n}", ETCD_IMAGE, waits_for=single.waits_for, health="/health", data=(f"etcd-{n}-data",))
         for n in range(1, POSTGRES_MEMBERS + 1)
@@ -97,14 +109,45 @@ def _postgres_cluster(single: Service) -> tuple[Service, ...]:
         )
         for n in range(1, POSTGRES_MEMBERS + 1)
     )
-    proxy = replace(single, image=HAPROXY_IMAGE, waits_for=tuple(member.name for member in members), data=())
-    return (*etcd, *members, proxy)
+    return (*etcd, *members, _behind_proxy(single, members))
+
+
+def _seaweedfs_cluster(single: Service) -> tuple[Service, ...]:
+    """seaweedfs-master-N (Raft), seaweedfs-volume-N, seaweedfs-filer-N (each with its S3 gateway), then
+    HAProxy as `seaweedfs`, over the gateways."""
+
+    def group(role: str, count: int, waits_for: tuple[str, ...], health: str) -> tuple[Service, ...]:
+        return tuple(
+            Service(
+                f"seaweedfs-{role}-{n}",
+                single.image,
+                waits_for=waits_for,
+                health=health,
+                data=(f"seaweedfs-{role}-{n}-data",),
+            )
+            for n in range(1, count + 1)
+        )
+
+    masters = group("master", SEAWEEDFS_MASTERS, single.waits_for, "/cluster/healthz")
+    volumes = group("volume", SEAWEEDFS_VOLUMES, tuple(m.name for m in masters), "/healthz")
+    filers = group("filer", SEAWEEDFS_FILERS, tuple(v.name for v in volumes), "/healthz")
+    return (*masters, *volumes, *filers, _behind_proxy(single, filers))
+
+
+def _mlflow_replicas(single: Service) -> tuple[Service, ...]:
+    """mlflow-N, each the single server as it is, then HAProxy as `mlflow`, over them."""
+    replicas = tuple(replace(single, name=f"mlflow-{n}", ports=()) for n in range(1, MLFLOW_REPLICAS + 1))
+    return (*replicas, _behind_proxy(single, replicas))
+
+
+#: The services the ha topology runs as a group behind HAProxy, and how it makes each group.
+HA_GROUPS = {"postgres": _postgres_cluster, "seaweedfs": _seaweedfs_cluster, "mlflow": _mlflow_replicas}
 
 
 def _ha(stack: Stack) -> Stack:
     services = []
     for service in stack.services:
-        services += _postgres_cluster(service) if service.name == "postgres" else (service,)
+        services += HA_GROUPS[service.name](service) if service.name in HA_GROUPS else (service,)
     return Stack(stack.name, tuple(services))
 
 

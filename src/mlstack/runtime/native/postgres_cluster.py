@@ -1,7 +1,7 @@
 """The `ha` topology's PostgreSQL, natively: three Patroni members (each its own PostgreSQL) with a
 three-member etcd as their store, and HAProxy on POSTGRES_PORT sending every client to the leader
-(checked on Patroni's REST API). Every member listens on 127.0.0.1, on the ports `cluster_members`
-lays out from MLSTACK_HA_PORT_BASE.
+(checked on Patroni's REST API). Every member listens on its address (127.0.0.1 unless given), on
+the ports `cluster_members` lays out from MLSTACK_HA_PORT_BASE.
 
 Replication is synchronous: a commit returns once the leader and one replica hold it, and Patroni
 promotes only that replica, so a committed write survives the loss of the leader
@@ -12,36 +12,40 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
 from urllib.request import urlopen
 
 from mlstack.health import http_ok
+from mlstack.runtime.native.ha_ports import POSTGRES_BLOCK
+from mlstack.runtime.native.haproxy import Backend, haproxy_config
 from mlstack.settings import Settings
 from mlstack.stacks.mlflow import POSTGRES_MEMBERS
 
 #: Patroni's cluster name (its key prefix in etcd).
 SCOPE = "mlstack"
 REPLICATION_USER = "replicator"
-#: Seconds without the leader's heartbeat before a replica takes over, and Patroni's loop; together
-#: with HAProxy's checks (a second apart, down after two) they make a failover take ~20 s (drills).
-LEADER_TTL, LOOP_WAIT, RETRY_TIMEOUT = 10, 2, 3
-CHECK = "inter 1s fall 2 rise 2"
-#: The ports `cluster_members` lays out from MLSTACK_HA_PORT_BASE.
-HA_PORT_COUNT = 4 * POSTGRES_MEMBERS
+#: Seconds without the leader's heartbeat before a replica takes over (Patroni's least: it raises a
+#: smaller ttl to 20), and Patroni's loop; with HAProxy's checks (haproxy.CHECK) a failover takes
+#: ~20 s (drills).
+LEADER_TTL, LOOP_WAIT, RETRY_TIMEOUT = 20, 2, 3
+#: Where the members of one machine listen.
+LOCAL = "127.0.0.1"
 
 
 @dataclass(frozen=True)
 class Member:
     """One member of the cluster: its etcd (client and peer ports) and its Patroni (REST API and
-    PostgreSQL ports); `number` counts from 1, as the service names do."""
+    PostgreSQL ports), all on `address`; `number` counts from 1, as the service names do."""
 
     number: int
     etcd_client: int
     etcd_peer: int
     rest: int
     postgres: int
+    address: str = LOCAL
 
     @property
     def etcd(self) -> str:
@@ -53,7 +57,15 @@ class Member:
 
     @property
     def etcd_url(self) -> str:
-        return f"http://127.0.0.1:{self.etcd_client}"
+        return f"http://{self.address}:{self.etcd_client}"
+
+    @property
+    def etcd_peer_url(self) -> str:
+        return f"http://{self.address}:{self.etcd_peer}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.address}:{self.rest}"
 
     def etcd_healthy(self) -> bool:
         """This etcd member answers and the cluster has a leader (a quorum)."""
@@ -61,13 +73,13 @@ class Member:
 
     def patroni_healthy(self) -> bool:
         """This member's PostgreSQL runs (as leader or replica), by its Patroni."""
-        return http_ok(f"http://127.0.0.1:{self.rest}/health")
+        return http_ok(f"{self.rest_url}/health")
 
 
-def cluster_members(settings: Settings) -> tuple[Member, ...]:
-    """From MLSTACK_HA_PORT_BASE up: the etcd client ports, the etcd peer ports, the Patroni REST ports,
-    the PostgreSQL ports (POSTGRES_MEMBERS each: HA_PORT_COUNT in all)."""
-    base = settings.ha_port_base
+def cluster_members(settings: Settings, addresses: tuple[str, ...] = (LOCAL,) * POSTGRES_MEMBERS) -> tuple[Member, ...]:
+    """In the group's block of ports (ha_ports): the etcd client ports, the etcd peer ports, the Patroni
+    REST ports, the PostgreSQL ports (POSTGRES_MEMBERS each); member n on `addresses[n - 1]`."""
+    base = settings.ha_port_base + POSTGRES_BLOCK[0]
     return tuple(
         Member(
             n,
@@ -75,14 +87,29 @@ def cluster_members(settings: Settings) -> tuple[Member, ...]:
             base + POSTGRES_MEMBERS + n - 1,
             base + 2 * POSTGRES_MEMBERS + n - 1,
             base + 3 * POSTGRES_MEMBERS + n - 1,
+            address,
         )
-        for n in range(1, POSTGRES_MEMBERS + 1)
+        for n, address in zip(range(1, POSTGRES_MEMBERS + 1), addresses, strict=True)
     )
 
 
-def etcd_command(etcd: Path, settings: Settings, member: Member, data: Path) -> list[str]:
-    peers = ",".join(f"{other.etcd}=http://127.0.0.1:{other.etcd_peer}" for other in cluster_members(settings))
-    client, peer = member.etcd_url, f"http://127.0.0.1:{member.etcd_peer}"
+def members_network(members: tuple[Member, ...]) -> str:
+    """The smallest network holding every member's address: pg_hba's, for the members' replication
+    and for HAProxy and clients beside them."""
+    addresses = [ip_address(member.address) for member in members]
+    network = ip_network(addresses[0])
+    while not all(address in network for address in addresses):
+        network = network.supernet()
+    return str(network)
+
+
+def etcd_command(
+    etcd: Path, settings: Settings, member: Member, data: Path, members: tuple[Member, ...] | None = None
+) -> list[str]:
+    """etcd `member` of `members` (default: cluster_members(settings)), its data in `data`."""
+    members = members or cluster_members(settings)
+    peers = ",".join(f"{other.etcd}={other.etcd_peer_url}" for other in members)
+    client, peer = member.etcd_url, member.etcd_peer_url
     return [
         str(etcd),
         *("--name", member.etcd, "--data-dir", str(data)),
@@ -92,14 +119,19 @@ def etcd_command(etcd: Path, settings: Settings, member: Member, data: Path) -> 
     ]
 
 
-def patroni_config(settings: Settings, member: Member, home: Path, postgres_bin: Path) -> dict[str, Any]:
-    """Patroni's configuration of `member`, its data and files under `home`."""
-    hosts = ",".join(f"127.0.0.1:{other.etcd_client}" for other in cluster_members(settings))
+def patroni_config(
+    settings: Settings, member: Member, home: Path, postgres_bin: Path, members: tuple[Member, ...] | None = None
+) -> dict[str, Any]:
+    """Patroni's configuration of `member` of `members` (default: cluster_members(settings)), its data
+    and files under `home`."""
+    members = members or cluster_members(settings)
+    hosts = ",".join(f"{other.address}:{other.etcd_client}" for other in members)
+    network = members_network(members)
     password = settings.postgres_replication_password.get_secret_value()
     return {
         "scope": SCOPE,
         "name": member.patroni,
-        "restapi": {"listen": f"127.0.0.1:{member.rest}", "connect_address": f"127.0.0.1:{member.rest}"},
+        "restapi": {"listen": f"{member.address}:{member.rest}", "connect_address": f"{member.address}:{member.rest}"},
         "etcd3": {"hosts": hosts},
         "bootstrap": {
             "dcs": {
@@ -112,8 +144,8 @@ def patroni_config(settings: Settings, member: Member, home: Path, postgres_bin:
             "initdb": [{"encoding": "UTF8"}, {"auth": "scram-sha-256"}, "data-checksums"],
         },
         "postgresql": {
-            "listen": f"127.0.0.1:{member.postgres}",
-            "connect_address": f"127.0.0.1:{member.postgres}",
+            "listen": f"{member.address}:{member.postgres}",
+            "connect_address": f"{member.address}:{member.postgres}",
             "data_dir": str(home / "data"),
             "bin_dir": str(postgres_bin),
             "pgpass": str(home / "pgpass"),
@@ -127,35 +159,37 @@ def patroni_config(settings: Settings, member: Member, home: Path, postgres_bin:
             # TCP only, as the single topology's server: no socket file whose path could be too long
             "parameters": {"unix_socket_directories": ""},
             "pg_hba": [
-                f"host replication {REPLICATION_USER} 127.0.0.1/32 scram-sha-256",
-                "host all all 127.0.0.1/32 scram-sha-256",
+                f"host replication {REPLICATION_USER} {network} scram-sha-256",
+                f"host all all {network} scram-sha-256",
             ],
         },
     }
 
 
-def haproxy_config(settings: Settings) -> str:
-    """HAProxy on POSTGRES_PORT: each connection to the member whose Patroni answers /primary (the
-    leader); a member marked down has its connections cut, so clients reconnect to the new leader."""
-    servers = "".join(
-        f"  server {member.patroni} 127.0.0.1:{member.postgres} check port {member.rest}\n"
-        for member in cluster_members(settings)
-    )
-    return (
-        "global\n  maxconn 2000\n"
-        "defaults\n  mode tcp\n  timeout connect 4s\n  timeout client 30m\n  timeout server 30m\n  timeout check 2s\n"
-        f"listen postgres\n  bind {settings.bind_address}:{settings.postgres_port}\n"
-        "  option httpchk\n  http-check send meth GET uri /primary\n  http-check expect status 200\n"
-        f"  default-server {CHECK} on-marked-down shutdown-sessions\n{servers}"
+def postgres_proxy_config(
+    settings: Settings, members: tuple[Member, ...] | None = None, admin_socket: Path | None = None
+) -> str:
+    """HAProxy on POSTGRES_PORT: each connection to the member of `members` (default:
+    cluster_members(settings)) whose Patroni answers /primary (the leader)."""
+    members = members or cluster_members(settings)
+    backends = tuple(Backend(m.patroni, m.postgres, m.rest, m.address) for m in members)
+    return haproxy_config(
+        "postgres",
+        settings.bind_address,
+        settings.postgres_port,
+        backends,
+        "/primary",
+        tcp=True,
+        admin_socket=admin_socket,
     )
 
 
-def cluster_state(settings: Settings) -> list[dict[str, Any]] | None:
+def cluster_state(settings: Settings, members: tuple[Member, ...] | None = None) -> list[dict[str, Any]] | None:
     """Patroni's view of the cluster (each member's name, role, state and replication lag), from the
-    first member that answers; None when none does."""
-    for member in cluster_members(settings):
+    first of `members` (default: cluster_members(settings)) that answers; None when none does."""
+    for member in members or cluster_members(settings):
         try:
-            with urlopen(f"http://127.0.0.1:{member.rest}/cluster", timeout=2) as answer:
+            with urlopen(f"{member.rest_url}/cluster", timeout=2) as answer:
                 return json.load(answer)["members"]
         except (URLError, OSError, ValueError, KeyError):
             continue

@@ -36,18 +36,32 @@ from mlstack.errors import CommandError, ConfigError, RuntimeUnavailableError, S
 from mlstack.health import http_ok, postgres_ok, s3_answers, wait_until
 from mlstack.maintenance.minio_move import move_from_minio, move_pending, native_minio_data, write_record
 from mlstack.runtime.base import ServiceStatus
+from mlstack.runtime.migrate import SCHEMA_OUTDATED
+from mlstack.runtime.native import seaweedfs_cluster
+from mlstack.runtime.native.haproxy import admin, member_states
 from mlstack.runtime.native.postgres_cluster import (
     Member,
     cluster_members,
     cluster_state,
     describe,
     etcd_command,
-    haproxy_config,
     patroni_config,
+    postgres_proxy_config,
 )
 from mlstack.runtime.native.process import ManagedProcess, base_env
-from mlstack.runtime.native.seaweedfs import identities_current, seaweedfs_command, write_config
+from mlstack.runtime.native.seaweedfs import (
+    CONFIG_FOLDER,
+    SECURITY,
+    identities_current,
+    seaweedfs_command,
+    write_config,
+    write_identities,
+    write_security,
+)
 from mlstack.runtime.native.server import (
+    Replica,
+    mlflow_proxy_config,
+    mlflow_replicas,
     mlflow_server_command,
     mlflow_server_env,
     require_store_plugin,
@@ -107,6 +121,9 @@ class NativeRuntime:
         self.postgres = postgres_layout(self.settings)
         self.definition = mlflow_stack(self.settings.topology)
         self.members = cluster_members(self.settings)
+        self.seaweedfs = seaweedfs_cluster.cluster_nodes(self.settings)
+        self.replicas = mlflow_replicas(self.settings) if self.settings.topology == "ha" else ()
+        self.mlflow_admin = self.proxy_socket("mlflow")
         # every service of either topology: down stops whatever runs, whatever the settings say now
         self.processes = {
             service.name: ManagedProcess(
@@ -133,21 +150,26 @@ class NativeRuntime:
             self.console.print("mlflow stack (native) is already running and healthy: nothing to do")
             return False
         start_postgres = self._start_postgres_proxy if self.settings.topology == "ha" else self._start_postgres
+        start_seaweedfs = self._start_seaweedfs_proxy if self.settings.topology == "ha" else self._start_seaweedfs
         start = {
             "preflight": self._preflight,
             "postgres": lambda: start_postgres(tools),
-            "seaweedfs": lambda: self._start_seaweedfs(tools),
+            "seaweedfs": lambda: start_seaweedfs(tools),
             "storage-bootstrap": lambda: run_steps(STORAGE_STEPS, self.settings, self._report),
             "minio": self._start_minio,
             "minio-move": self._move_from_minio,
             "database-bootstrap": lambda: run_steps(DATABASE_STEPS, self.settings, self._report),
             "migrate": self.migrate,
-            "mlflow": self._start_mlflow,
+            "mlflow": lambda: self._start_mlflow(tools),
             "tls-proxy": lambda: self._start_tls_front(tools),
         }
+        for replica in self.replicas:
+            start[replica.name] = lambda replica=replica: self._start_replica(replica)
         for member in self.members:
             start[member.etcd] = lambda member=member: self._start_etcd(member, tools)
             start[member.patroni] = lambda member=member: self._start_patroni(member, tools)
+        for node in self.seaweedfs.nodes:
+            start[node.service] = lambda node=node: self._start_seaweedfs_node(node, tools)
         for service in self.definition.start_order(self.profiles()):
             start[service.name]()
         return True
@@ -200,12 +222,15 @@ class NativeRuntime:
         }
         if s.topology == "ha":
             probes.update(self._cluster_probes(probes["postgres"]))
+            probes.update(self._replica_probes(probes["mlflow"]))
+            probes.update(self._seaweedfs_probes(probes["seaweedfs"]))
         statuses = []
         for service in self.definition.long_running(self.profiles()):
             url, probe, where = probes[service.name]
             running = self.processes[service.name].is_running()
-            if service.name == "seaweedfs" and s.s3_endpoint:  # your own S3 stands in for it
-                running, where = True, "your S3 (MLSTACK_S3_ENDPOINT); no SeaweedFS started"
+            if service.name.startswith("seaweedfs") and s.s3_endpoint:  # your own S3 stands in for it
+                running, probe = True, self._seaweedfs_healthy
+                where = "your S3 (MLSTACK_S3_ENDPOINT); no SeaweedFS started"
             healthy = running and probe()
             state = "healthy" if healthy else "running, not answering" if running else "not running"
             statuses.append(ServiceStatus(service.name, running, healthy, url, f"{state}; {where}"))
@@ -216,32 +241,72 @@ class NativeRuntime:
         self.processes[service].kill()
 
     def stop_server(self) -> None:
-        """Stop the MLflow server (and the TLS front); the stores keep running."""
-        for name in ("tls-proxy", "mlflow"):
+        """Stop the MLflow server (and the TLS front; on ha, HAProxy and every replica); the stores keep running."""
+        for name in ("tls-proxy", "mlflow", *reversed([replica.name for replica in self.replicas])):
             self.processes[name].stop()
 
     def start_server(self, migrate: bool = True) -> None:
         """Bring the schema up to date (unless `migrate` is false: the database stays as it is), then
-        start the MLflow server and, with MLFLOW_TLS, its TLS front. The stores must be running."""
+        start the MLflow server (on ha, each replica, then HAProxy) and, with MLFLOW_TLS, its TLS front.
+        The stores must be running."""
         if migrate:
             self.migrate()
-        self._start_mlflow()
+        tools = find_tools(self.settings)
+        for replica in self.replicas:
+            self._start_replica(replica)
+        self._start_mlflow(tools)
         if self.settings.mlflow_tls:
-            self._start_tls_front(find_tools(self.settings))
+            self._start_tls_front(tools)
+
+    def serving(self) -> bool:
+        """The tracking server runs: on ha, HAProxy and every replica."""
+        return all(self.processes[name].is_running() for name in ("mlflow", *(r.name for r in self.replicas)))
+
+    def restart_replicas(self) -> None:
+        """ha: restart the tracking servers one at a time, no request refused (HAProxy sends to the
+        other): each drained in HAProxy until it holds no request, stopped, started, and back in
+        HAProxy's rotation before the next."""
+        for replica in self.replicas:
+            self._set_replica_state(replica, "drain")
+            wait_until(
+                f"{replica.name} to finish its requests",
+                lambda replica=replica: self._replica_state(replica) in (None, "idle"),
+                self.start_timeout,
+                self.console,
+            )
+            self.processes[replica.name].stop()
+            self._start_replica(replica)
+            self._set_replica_state(replica, "ready")
+            wait_until(
+                f"HAProxy to send to {replica.name} again",
+                lambda replica=replica: self._replica_state(replica) == "UP",
+                self.start_timeout,
+                self.console,
+            )
 
     def migrate(self) -> None:
         """`mlflow db upgrade`, the same one-shot step compose runs before the server starts, with the
         server's own MLflow (MLSTACK_MLFLOW_PYTHON's, when set: mlstack itself need not be installed
         there, so the script runs by path, `-P` keeping its folder off sys.path)."""
-        result = subprocess.run(
-            [self.settings.server_python, "-P", str(MIGRATE_SCRIPT)],
+        result = self._migrate_script()
+        if result.returncode != 0:
+            raise ServiceStartError(f"database migration failed:\n{result.stderr[-3000:]}")
+        self.console.print("[green]✓[/] backend store schema is current")
+
+    def schema_current(self) -> bool:
+        """Whether the backend store's schema is the newest the server's MLflow knows (no migration due)."""
+        result = self._migrate_script("--check")
+        if result.returncode not in (0, SCHEMA_OUTDATED):
+            raise ServiceStartError(f"the schema check failed:\n{result.stderr[-3000:]}")
+        return result.returncode == 0
+
+    def _migrate_script(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [self.settings.server_python, "-P", str(MIGRATE_SCRIPT), *args],
             env={**base_env(), **self.settings.backend_store_env()},
             capture_output=True,
             text=True,
         )
-        if result.returncode != 0:
-            raise ServiceStartError(f"database migration failed:\n{result.stderr[-3000:]}")
-        self.console.print("[green]✓[/] backend store schema is current")
 
     def exec(
         self, service: str, command: list[str], stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
@@ -267,8 +332,10 @@ class NativeRuntime:
         return "" if stdout else result.stdout.decode()
 
     def server_pids(self) -> list[int]:
-        """Every pid of the MLflow server's process group (main process, workers, job runners)."""
-        return self.processes["mlflow"].group()
+        """Every pid of the MLflow server's process group (main process, workers, job runners); on ha,
+        of every replica's."""
+        names = [replica.name for replica in self.replicas] or ["mlflow"]
+        return [pid for name in names for pid in self.processes[name].group()]
 
     # --- health probes ---------------------------------------------------------------------
 
@@ -293,6 +360,35 @@ class NativeRuntime:
             )
         return probes
 
+    def _replica_probes(self, mlflow: tuple) -> dict:
+        """status's lines of the ha tracking servers: each replica's port and state in HAProxy; `mlflow`
+        (HAProxy now) says over how many healthy replicas it spreads requests."""
+        states = member_states(self.mlflow_admin, "mlflow")
+        up = [name for name, state in states.items() if state.status == "UP"]
+        url, probe, where = mlflow
+        over = f"HAProxy over {len(up)} healthy replicas ({', '.join(up) or 'none'})"
+        probes = {"mlflow": (url, probe, f"{over}; {where}")}
+        for replica in self.replicas:
+            state = states.get(replica.name)
+            probes[replica.name] = (
+                replica.url,
+                lambda replica=replica: self._replica_healthy(replica),
+                f"port {replica.port}; in HAProxy: {state.status if state else 'unknown'}; "
+                f"log: {self.processes[replica.name].log_file}",
+            )
+        return probes
+
+    def _seaweedfs_probes(self, proxy: tuple) -> dict:
+        """status's lines of the ha SeaweedFS: each member's role and data; `seaweedfs` (the single
+        server's probe, now HAProxy's) says over which gateways, the master leader and the volume servers up."""
+        leader = seaweedfs_cluster.master_leader(self.settings)
+        url, probe, _ = proxy
+        probes = {"seaweedfs": (url, probe, seaweedfs_cluster.describe_proxy(self.settings, leader))}
+        for node in self.seaweedfs.nodes:
+            where = f"{seaweedfs_cluster.describe(node, leader)}; data: {self.data_dir / node.service}"
+            probes[node.service] = (node.url, node.healthy, where)
+        return probes
+
     def _postgres_healthy(self) -> bool:
         return postgres_ok(self.settings.postgres_dsn("postgres"))
 
@@ -308,6 +404,9 @@ class NativeRuntime:
 
     def _mlflow_healthy(self) -> bool:
         return http_ok(f"{self.settings.mlflow_url}/health")
+
+    def _replica_healthy(self, replica: Replica) -> bool:
+        return http_ok(f"{replica.url}/health")
 
     def _tls_front_healthy(self) -> bool:
         """The front answers HTTPS and reaches the server (liveness only: the certificate is not checked)."""
@@ -435,24 +534,39 @@ class NativeRuntime:
         self._wait(member.patroni, member.patroni_healthy)
 
     def _start_postgres_proxy(self, tools: NativeTools) -> None:
-        """HAProxy on POSTGRES_PORT, to the leader; restarted only when its configuration changed."""
-        process, config = self.processes["postgres"], self.data_dir / "haproxy.cfg"
-        wanted = haproxy_config(self.settings)
-        if not (process.is_running() and config.is_file() and config.read_text() == wanted):
+        """HAProxy on POSTGRES_PORT, to the leader; waited for until its checks have marked every other
+        member down (HAProxy starts with each member up until its checks fail, and the bootstrap steps
+        that follow must not reach a replica)."""
+        admin_socket = self.proxy_socket("postgres")
+
+        def leader_only() -> bool:
+            statuses = [state.status for state in member_states(admin_socket, "postgres").values()]
+            return statuses.count("UP") == 1 and set(statuses) <= {"UP", "DOWN"} and self._postgres_healthy()
+
+        config = postgres_proxy_config(self.settings, admin_socket=admin_socket)
+        self._start_proxy("postgres", config, tools, leader_only)
+
+    def proxy_socket(self, name: str) -> Path:
+        """The admin socket of the HAProxy serving as `name` (its members' states; drain one)."""
+        return self.run_dir / f"{name}-haproxy.sock"
+
+    def _start_proxy(self, name: str, config: str, tools: NativeTools, healthy) -> None:
+        """HAProxy as service `name` with `config`; restarted only when its configuration changed."""
+        process, path = self.processes[name], self.data_dir / f"{name}-haproxy.cfg"
+        if not (process.is_running() and path.is_file() and path.read_text() == config):
             process.stop()
             self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_private(config, wanted)
-            process.start([str(tools.haproxy), "-f", str(config), "-db"], env=base_env(), cwd=self.data_dir)
-        self._wait("postgres", self._postgres_healthy)
+            write_private(path, config)
+            process.start([str(tools.haproxy), "-f", str(path), "-db"], env=base_env(), cwd=self.data_dir)
+        self._wait(name, healthy)
 
     def _start_seaweedfs(self, tools: NativeTools) -> None:
         """`weed server` with the identities from .env (restarted when .env's keys changed); nothing
         when MLSTACK_S3_ENDPOINT names another S3."""
         process, s = self.processes["seaweedfs"], self.settings
-        if s.s3_endpoint:
-            self.console.print(f"artifacts: your S3 at {s.s3_endpoint} (MLSTACK_S3_ENDPOINT); no SeaweedFS started")
+        if self._user_s3():
             return
-        config = self.data_dir / "seaweedfs-config"
+        config = self.data_dir / CONFIG_FOLDER
         if process.is_running() and identities_current(s, config):
             self._wait("seaweedfs", self._seaweedfs_healthy)
             return
@@ -462,6 +576,48 @@ class NativeRuntime:
         write_config(s, config)
         process.start(seaweedfs_command(s, tools.weed, data, config), env=base_env(), cwd=config)
         self._wait("seaweedfs", self._seaweedfs_healthy)
+
+    def _user_s3(self) -> bool:
+        """MLSTACK_S3_ENDPOINT names another S3, which stands in for SeaweedFS (and says so)."""
+        if self.settings.s3_endpoint:
+            self.console.print(
+                f"artifacts: your S3 at {self.settings.s3_endpoint} (MLSTACK_S3_ENDPOINT); no SeaweedFS started"
+            )
+        return bool(self.settings.s3_endpoint)
+
+    def _start_seaweedfs_node(self, node: seaweedfs_cluster.Node, tools: NativeTools) -> None:
+        """One member of the ha SeaweedFS (seaweedfs_cluster), its data in the state folder; none with
+        MLSTACK_S3_ENDPOINT. The members share one security configuration, made new only when none of
+        them runs; a filer (with its S3 gateway) restarts when .env's identities changed since it started.
+        The masters elect a leader together, so the last one started waits for all three."""
+        process, s = self.processes[node.service], self.settings
+        if s.s3_endpoint:
+            return
+        config = self.data_dir / CONFIG_FOLDER
+        identities = seaweedfs_cluster.gateway_identities(node) if node.role == "filer" else None
+        if not process.is_running() or (identities and not identities_current(s, config, identities)):
+            process.stop()
+            members_running = any(self.processes[each.service].is_running() for each in self.seaweedfs.nodes)
+            if not (members_running and (config / SECURITY).is_file()):
+                write_security(config)
+            if identities:
+                write_identities(s, config, identities)
+            data = self.data_dir / node.service
+            data.mkdir(parents=True, exist_ok=True, mode=0o700)
+            command = seaweedfs_cluster.node_command(s, tools.weed, node, data, config)
+            process.start(command, env=base_env(), cwd=config)
+        if node.role != "master":
+            self._wait(node.service, node.healthy)
+        elif node == self.seaweedfs.masters[-1]:
+            for master in self.seaweedfs.masters:
+                self._wait(master.service, master.healthy)
+
+    def _start_seaweedfs_proxy(self, tools: NativeTools) -> None:
+        """HAProxy on S3_PORT over the filers' S3 gateways; nothing when MLSTACK_S3_ENDPOINT names another S3."""
+        if self._user_s3():
+            return
+        config = seaweedfs_cluster.seaweedfs_proxy_config(self.settings)
+        self._start_proxy("seaweedfs", config, tools, self._seaweedfs_healthy)
 
     def _start_minio(self) -> None:
         """The MinIO of a stack made before SeaweedFS, on its old data, for the move only."""
@@ -505,14 +661,34 @@ class NativeRuntime:
             f"`rm -rf {kept}` once you no longer need it"
         )
 
-    def _start_mlflow(self) -> None:
-        process = self.processes["mlflow"]
-        if process.is_running():
-            self._wait("mlflow", self._mlflow_healthy)
-            return
-        require_store_plugin(self.settings)
-        process.start(mlflow_server_command(self.settings), env=mlflow_server_env(self.settings))
-        self._wait("mlflow", self._mlflow_healthy)
+    def _start_mlflow(self, tools: NativeTools) -> None:
+        """The tracking server on MLFLOW_PORT; on ha, HAProxy there, over the replicas (started before it)."""
+        s = self.settings
+        if s.topology == "ha":
+            self._start_proxy("mlflow", mlflow_proxy_config(s, self.mlflow_admin), tools, self._mlflow_healthy)
+        else:
+            self._start_tracking_server("mlflow", s.bind_address, s.mlflow_port, self._mlflow_healthy)
+
+    def _start_replica(self, replica: Replica) -> None:
+        self._start_tracking_server(replica.name, "127.0.0.1", replica.port, lambda: self._replica_healthy(replica))
+
+    def _start_tracking_server(self, name: str, host: str, port: int, healthy) -> None:
+        process = self.processes[name]
+        if not process.is_running():
+            require_store_plugin(self.settings)
+            process.start(mlflow_server_command(self.settings, host, port), env=mlflow_server_env(self.settings))
+        self._wait(name, healthy)
+
+    def _replica_state(self, replica: Replica) -> str | None:
+        """HAProxy's view of `replica`: its status (UP, DOWN, DRAIN, ...), or `idle` when it is drained
+        and holds no request; None when HAProxy does not answer."""
+        state = member_states(self.mlflow_admin, "mlflow").get(replica.name)
+        if state is None:
+            return None
+        return "idle" if state.status == "DRAIN" and state.sessions == 0 else state.status
+
+    def _set_replica_state(self, replica: Replica, state: str) -> None:
+        admin(self.mlflow_admin, f"set server mlflow/{replica.name} state {state}")
 
     def _start_tls_front(self, tools: NativeTools) -> None:
         process = self.processes["tls-proxy"]

@@ -1,16 +1,21 @@
 """What the MLflow server and its TLS front are started with, on the native runtime: their commands
 and environments, from the settings (infra/mlflow/compose.yaml passes the same; compose tests keep
-the two equal)."""
+the two equal); with MLSTACK_TOPOLOGY=ha, where each replica listens and the HAProxy in front of them."""
 
 from __future__ import annotations
 
 import importlib.util
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from mlstack.errors import ConfigError
+from mlstack.runtime.native.ha_ports import MLFLOW_BLOCK
+from mlstack.runtime.native.haproxy import Backend, haproxy_config
 from mlstack.runtime.native.process import base_env
 from mlstack.settings import Settings
+from mlstack.stacks.mlflow import MLFLOW_HA_STACK
 from mlstack.tls import TlsFiles
 
 
@@ -32,10 +37,11 @@ def tls_front_env(settings: Settings, files: TlsFiles) -> dict[str, str]:
     }
 
 
-def mlflow_server_command(settings: Settings) -> list[str]:
+def mlflow_server_command(settings: Settings, host: str | None = None, port: int | None = None) -> list[str]:
     """The tracking server under gunicorn with threaded workers, started by the image's launcher
     (mlstack_mlflow_store.launch: the allowed hosts, and MLflow's basic-auth app unless MLFLOW_AUTH=false;
-    services/mlflow-server/README.md says why, and about the Host-header check)."""
+    services/mlflow-server/README.md says why, and about the Host-header check). It listens on `host`:`port`,
+    by default MLSTACK_BIND_ADDRESS:MLFLOW_PORT (an ha replica: 127.0.0.1 and its own port)."""
     return [
         settings.server_python,
         "-m",
@@ -43,9 +49,9 @@ def mlflow_server_command(settings: Settings) -> list[str]:
         "mlflow",
         "server",
         "--host",
-        settings.bind_address,
+        host or settings.bind_address,
         "--port",
-        str(settings.mlflow_port),
+        str(port or settings.mlflow_port),
         "--artifacts-destination",
         f"s3://{settings.mlflow_artifact_bucket}",
         "--workers",
@@ -53,6 +59,60 @@ def mlflow_server_command(settings: Settings) -> list[str]:
         "--gunicorn-opts",
         gunicorn_options(settings),
     ]
+
+
+@dataclass(frozen=True)
+class Replica:
+    """An ha tracking server (`mlflow-N`): the single server as it is, on 127.0.0.1:`port`."""
+
+    name: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def mlflow_replicas(settings: Settings) -> tuple[Replica, ...]:
+    """The replicas HAProxy (`mlflow` in the ha stack) sends to, in the ha ports' MLflow block."""
+    first = settings.ha_port_base + MLFLOW_BLOCK[0]
+    return tuple(Replica(name, first + n) for n, name in enumerate(MLFLOW_HA_STACK["mlflow"].waits_for))
+
+
+#: How HAProxy spreads requests over the replicas and replays the ones a replica lost. Each request to
+#: the replica with the fewest at hand (long uploads weigh); a connection refused (a replica stopped or
+#: killed, not yet marked down) is tried again on the other replica at once. A request a replica took
+#: and died on before answering (`empty-response`) is sent again only when replaying it cannot double
+#: anything: the idempotent methods, and the POSTs whose writes are upserts or insert-if-absent
+#: (metric points keyed by their whole value, tags and run updates overwrite, searches read). A lost
+#: create-run or create-experiment is not replayed: the client gets 502 and decides (MLflow's client
+#: retries it, as it would a lost answer from a single server). Bodies over HAProxy's buffer (16 kB,
+#: e.g. a big log-batch) are never replayed either; the tracker resends its batches itself.
+MLFLOW_PROXY_RULES = """  balance leastconn
+  option redispatch 1
+  retries 3
+  retry-on conn-failure empty-response
+  acl replayable method GET HEAD PUT DELETE OPTIONS
+  acl replayable path_end /runs/log-batch /runs/log-metric /runs/set-tag /runs/update /runs/search
+  acl replayable path_end /experiments/search
+  http-request disable-l7-retry unless replayable
+"""
+
+
+def mlflow_proxy_config(settings: Settings, admin_socket: Path) -> str:
+    """HAProxy on MLSTACK_BIND_ADDRESS:MLFLOW_PORT over the replicas (each checked on /health), with its
+    admin socket at `admin_socket` (status reads each replica's state; a rolling restart drains one)."""
+    backends = tuple(Backend(r.name, r.port, r.port) for r in mlflow_replicas(settings))
+    return haproxy_config(
+        "mlflow",
+        settings.bind_address,
+        settings.mlflow_port,
+        backends,
+        "/health",
+        tcp=False,
+        extra=MLFLOW_PROXY_RULES,
+        admin_socket=admin_socket,
+    )
 
 
 #: The store plugin's gunicorn configuration module (services/mlflow-server/store).
