@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import socketserver
 import subprocess
 import threading
@@ -29,6 +28,7 @@ from mlstack.settings import Settings
 from mlstack.stacks.mlflow import MLFLOW_HA_STACK
 from tests.compose.conftest import load_compose, run_compose
 from tests.compose.test_stack_definitions import check_composed
+from tests.conftest import free_port
 
 FOLDER = Path(__file__).resolve().parents[2] / "infra" / "mlflow"
 PAIR = (FOLDER / "compose.yaml", FOLDER / "compose.ha.yaml")
@@ -198,12 +198,6 @@ def test_patroni_runs_the_native_runtimes_settings(rendered, generated_env, tmp_
     assert environment["PATRONI_POSTGRESQL_CONNECT_ADDRESS"] == "postgres-2:5432"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def etcd(tmp_path):
     """One etcd 3.4 member on a free client port (Patroni's validator reaches its hosts)."""
@@ -232,7 +226,12 @@ def test_patroni_validates_the_configuration(rendered, generated_env, tmp_path, 
     if patroni is None:
         pytest.skip("Patroni is not installed (`mlstack install-tools --ha`)")
     path, environment = patroni_files(rendered, "postgres-1", tmp_path)
-    path.write_text(re.sub(r"etcd-\d:2379", f"127.0.0.1:{etcd}", path.read_text()))
+    # etcd started here; the listen ports on free ones of this machine (the validator probes them, and
+    # 8008 is a user's ClearML API on this machine's defaults)
+    text = re.sub(r"etcd-\d:2379", f"127.0.0.1:{etcd}", path.read_text())
+    for listen in ("0.0.0.0:8008", "0.0.0.0:5432"):
+        text = text.replace(listen, f"127.0.0.1:{free_port()}")
+    path.write_text(text)
     result = subprocess.run(
         [str(patroni), "--validate-config", "--ignore-listen-port", str(path)],
         capture_output=True,
