@@ -29,8 +29,6 @@ from tests.conftest import make_project, run_mlstack, user_environment
 from tests.stack import NativeStack
 
 TRACKERS, POINTS, ARTIFACTS = 4, 50_000, 40
-#: Seconds between two uploads: the 40 take about as long as the scripts' run and the fault in it.
-UPLOAD_GAP = 0.3
 
 
 @contextlib.contextmanager
@@ -146,15 +144,13 @@ class Workload:
     def start(self, monkeypatch) -> Workload:
         settings = self.stack.settings
         auth = login(self.stack, monkeypatch)
-        self.client = MlflowClient(settings.mlflow_url)
-        self.uploads_run = self.client.create_run(self.client.create_experiment(self.experiment)).info.run_id
-        # the first upload before the scripts start: a fresh store makes the bucket's volumes on its
-        # first write, which could take longer than the scripts' whole run
-        self._upload(0)
         self.trackers = [start_tracker(settings, self.experiment, number) for number in range(TRACKERS)]
         self.run_ids = [tracker.stdout.readline().strip() for tracker in self.trackers]
         assert all(self.run_ids), [tracker.stderr.read() for tracker in self.trackers]
-        self.uploader = threading.Thread(target=self._upload_the_rest)
+        self.client = MlflowClient(settings.mlflow_url)
+        experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
+        self.uploads_run = self.client.create_run(experiment_id).info.run_id
+        self.uploader = threading.Thread(target=self._upload)
         self.probe = Availability(settings.mlflow_url, auth)
         self.prober = threading.Thread(target=self.probe.run)
         self.uploader.start()
@@ -164,22 +160,17 @@ class Workload:
         self.fault_at = time.monotonic()
         return self
 
-    def _upload(self, number: int) -> None:
-        """One upload by a plain mlflow client (MLflow's own retries ride out an outage)."""
-        path = self.folder / f"artifact-{number}.txt"
-        path.write_text(f"artifact {number}\n" * 100)
-        try:
-            self.client.log_artifact(self.uploads_run, str(path))
-        except Exception as error:  # noqa: BLE001 - counted and reported: the drill fails on any
-            self.upload_failures.append(f"{path.name}: {error}")
-            return
-        self.sent.append(path.name)
-
-    def _upload_the_rest(self) -> None:
-        """The other uploads, one after another, UPLOAD_GAP seconds apart so that they span the fault."""
-        for number in range(1, ARTIFACTS):
-            self._upload(number)
-            self.probe.stop.wait(UPLOAD_GAP)
+    def _upload(self) -> None:
+        """A plain mlflow client's uploads, one after another (MLflow's own retries ride out an outage)."""
+        for number in range(ARTIFACTS):
+            path = self.folder / f"artifact-{number}.txt"
+            path.write_text(f"artifact {number}\n" * 100)
+            try:
+                self.client.log_artifact(self.uploads_run, str(path))
+            except Exception as error:  # noqa: BLE001 - counted and reported: the drill fails on any
+                self.upload_failures.append(f"{path.name}: {error}")
+                continue
+            self.sent.append(path.name)
 
     def finish(self) -> str:
         """Wait for the scripts and the uploads; check every point and artifact landed once and every

@@ -33,6 +33,9 @@ PROBE_BUCKET = "ha-drill-probe"
 def stack():
     with ha_stack("mlstack-ha-s3-") as stack:
         stack.s3.create_bucket(Bucket=PROBE_BUCKET)
+        # a fresh store makes a bucket's volumes on its first write, which could outlast the drills'
+        # training scripts: written once here, before any drill
+        stack.s3.put_object(Bucket=stack.bucket, Key="before-the-drills", Body=b"first write")
         yield stack
 
 
