@@ -372,7 +372,7 @@ class NativeRuntime:
             state = states.get(replica.name)
             probes[replica.name] = (
                 replica.url,
-                lambda replica=replica: self._replica_healthy(replica),
+                replica.healthy,
                 f"port {replica.port}; in HAProxy: {state.status if state else 'unknown'}; "
                 f"log: {self.processes[replica.name].log_file}",
             )
@@ -404,9 +404,6 @@ class NativeRuntime:
 
     def _mlflow_healthy(self) -> bool:
         return http_ok(f"{self.settings.mlflow_url}/health")
-
-    def _replica_healthy(self, replica: Replica) -> bool:
-        return http_ok(f"{replica.url}/health")
 
     def _tls_front_healthy(self) -> bool:
         """The front answers HTTPS and reaches the server (liveness only: the certificate is not checked)."""
@@ -670,7 +667,7 @@ class NativeRuntime:
             self._start_tracking_server("mlflow", s.bind_address, s.mlflow_port, self._mlflow_healthy)
 
     def _start_replica(self, replica: Replica) -> None:
-        self._start_tracking_server(replica.name, "127.0.0.1", replica.port, lambda: self._replica_healthy(replica))
+        self._start_tracking_server(replica.name, "127.0.0.1", replica.port, replica.healthy)
 
     def _start_tracking_server(self, name: str, host: str, port: int, healthy) -> None:
         process = self.processes[name]

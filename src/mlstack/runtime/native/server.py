@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlstack.errors import ConfigError
+from mlstack.health import http_ok
 from mlstack.runtime.native.ha_ports import MLFLOW_BLOCK
 from mlstack.runtime.native.haproxy import Backend, haproxy_config
 from mlstack.runtime.native.process import base_env
@@ -71,6 +72,10 @@ class Replica:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def healthy(self) -> bool:
+        """It answers its own /health (past HAProxy)."""
+        return http_ok(f"{self.url}/health")
 
 
 def mlflow_replicas(settings: Settings) -> tuple[Replica, ...]:
