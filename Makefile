@@ -51,7 +51,7 @@ demo: venv
 # the tests also need MinIO: the move from a stack made with it, and a second real S3 server;
 # then the store plugin's equivalence tests under each other MLflow minor it supports
 test: venv
-	$(MLSTACK) install-tools --compose --minio --ha
+	$(MLSTACK) install-tools --compose --minio --ha --monitoring
 	$(BIN)/python -m pytest
 	$(BIN)/python -m tests.mlflow_versions
 

@@ -12,10 +12,14 @@ round, so drift in the machine's speed spreads over all of them. Clients are pla
 as users have them; one extra row times raw HTTP (stdlib http.client) against the shipped server,
 without the client: about the server's share.
 
-    make up && .venv/bin/python benchmarks/server_latency.py [--requests 300] [--rounds 10] [--deployments]
+    make up && .venv/bin/python benchmarks/server_latency.py [--requests 300] [--rounds 10] [--deployments] [--metrics]
 
 --deployments adds the deployment variants compared in session 2 (uvicorn h11, gunicorn sync
-workers, nginx before uvicorn; nginx from PATH, Debian: nginx-light, else skipped).
+workers, nginx before uvicorn; nginx from PATH, Debian: nginx-light, else skipped). --metrics adds
+the shipped server twice, with its own request metrics on (MLSTACK_METRICS_ADDRESS, scraped once at
+the end to show it counted the run) and off, and prints what the metrics cost each request. Every
+server started here gets the metrics address its row says (none, but for that row): none takes the
+stack's own metrics port.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from urllib.parse import urlsplit
 import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 from servers import (
@@ -65,12 +70,15 @@ NO_AUTH = "shipped server without authentication"
 #: check, which reads the person's row on every request so that a change counts at once.
 MLFLOW_LOGIN_CACHE = "shipped server, MLflow's per-worker login cache"
 UVICORN_STACK_STORE = "uvicorn (MLflow's server process), the stack's store and login check"
+METRICS_ON = "shipped server, its request metrics on"
+METRICS_OFF = "shipped server, its request metrics off"
 UPLOADS_HELD = 2
 
 
-def candidates(settings: Settings, deployments: bool) -> list[Candidate]:
+def candidates(settings: Settings, deployments: bool, metrics: bool = False) -> list[Candidate]:
     """The servers started here: the baseline, the shipped deployment on MLflow's own store, the shipped
-    server without authentication, and with `deployments` the variants of session 2."""
+    server without authentication, with `deployments` the variants of session 2, with `metrics` the
+    shipped server with its request metrics on and off."""
     shipped_gunicorn = shipped_server_args(settings)
     chosen = [
         Candidate(BASELINE),
@@ -85,6 +93,9 @@ def candidates(settings: Settings, deployments: bool) -> list[Candidate]:
         # with the stack's store and login check, but none of gunicorn's hooks (no request guard, no
         # request-level fast paths): is gunicorn still worth it?
         chosen.append(Candidate(UVICORN_STACK_STORE, auth="shipped", fast_store=fast))
+    if metrics:
+        for name in (METRICS_ON, METRICS_OFF):
+            chosen.append(Candidate(name, shipped_gunicorn, auth="shipped", fast_store=settings.mlstack_fast_store))
     if deployments:
         chosen += [
             Candidate("uvicorn, h11 parser", ("--uvicorn-opts", "--http h11")),
@@ -246,6 +257,19 @@ def get_run_during_held_uploads(url: str, requests_count: int = 20, limit: float
     return samples
 
 
+def counted_requests(metrics_url: str) -> int:
+    """How many requests one scrape of a server's metrics counts (every worker's)."""
+    text = requests.get(metrics_url, timeout=30).text
+    return round(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "mlflow_http_request_total"
+        )
+    )
+
+
 def p99(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=100)[98]
 
@@ -256,6 +280,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="log-batch(1000) requests per server")
     parser.add_argument("--rounds", type=int, default=10, help="turns the servers take")
     parser.add_argument("--deployments", action="store_true", help="add session 2's deployment variants")
+    parser.add_argument("--metrics", action="store_true", help="add the shipped server with its metrics on and off")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 160)  # the table stays readable in a log file
     settings = Settings.load()
@@ -268,12 +293,14 @@ def main() -> None:
     auth = ", auth with login cache" if settings.mlflow_auth else ""
     servers = [Server(f"shipped (gunicorn gthread, {store}{auth})", settings.mlflow_url)]
     processes: list[ManagedProcess] = []
+    metrics_address = f"127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory() as temporary:
         workdir = Path(temporary)
         try:
-            for candidate in candidates(settings, args.deployments):
+            for candidate in candidates(settings, args.deployments, args.metrics):
                 if candidate.proxy_keepalive is None:
-                    process, url = start_mlflow(settings, candidate, workdir)
+                    metrics_env = {"MLSTACK_METRICS_ADDRESS": metrics_address if candidate.name == METRICS_ON else ""}
+                    process, url = start_mlflow(settings, candidate, workdir, metrics_env)
                 elif nginx is None:
                     console.print(f"[yellow]skipped[/] {candidate.name}: nginx is not on PATH")
                     continue
@@ -285,10 +312,14 @@ def main() -> None:
             console.print("waiting until every server's processes are quiet ...")
             for process in processes:
                 wait_until_quiet(process.pid())
-            raw = Server("shipped, raw HTTP (http.client, no mlflow client)", settings.mlflow_url)
-            workloads = [(server, Workload(server.url)) for server in servers] + [
-                (raw, RawHttpWorkload(settings.mlflow_url))
+            raws = [Server("shipped, raw HTTP (http.client, no mlflow client)", settings.mlflow_url)]
+            raws += [
+                Server(f"{server.name}, raw HTTP", server.url)
+                for server in servers
+                if server.name in (METRICS_ON, METRICS_OFF)
             ]
+            workloads = [(server, Workload(server.url)) for server in servers]
+            workloads += [(raw, RawHttpWorkload(raw.url)) for raw in raws]
             per_round = max(1, args.requests // args.rounds)
             batches_per_round = max(1, args.batches // args.rounds)
             for round_number in range(args.rounds):
@@ -299,13 +330,18 @@ def main() -> None:
                         timed(call, count, server.samples[operation])
             for server in servers:
                 server.during_uploads = get_run_during_held_uploads(server.url)
+            if args.metrics:
+                counted = counted_requests(f"http://{metrics_address}/metrics")
+                console.print(f"{METRICS_ON}: one scrape counts {counted} requests (this run's, every worker's)")
         finally:
             for process in processes:
                 process.stop()
-    print_results(console, servers, raw, args)
+    print_results(console, servers, raws, args)
+    if args.metrics:
+        print_metrics_cost(console, servers + raws)
 
 
-def print_results(console: Console, servers: list[Server], raw: Server, args: argparse.Namespace) -> None:
+def print_results(console: Console, servers: list[Server], raws: list[Server], args: argparse.Namespace) -> None:
     """One row a server: median / p99 ms per request and the median's ratio to the default server."""
     baseline = next(server for server in servers if server.name == BASELINE)
     table = Table(
@@ -314,7 +350,7 @@ def print_results(console: Console, servers: list[Server], raw: Server, args: ar
         f"runs/get, {UPLOADS_HELD} uploads\nheld open: median ms",
         title=f"MLflow server latency ({args.rounds} rounds; ratio = default median / this median)",
     )
-    for server in [*servers, raw]:
+    for server in [*servers, *raws]:
         cells = []
         for operation in OPERATIONS:
             samples = server.samples[operation]
@@ -324,7 +360,7 @@ def print_results(console: Console, servers: list[Server], raw: Server, args: ar
             median = statistics.median(samples)
             ratio = statistics.median(baseline.samples[operation]) / median
             cells.append(f"{median:.1f} / {p99(samples):.1f} ({ratio:.1f}x)")
-        if server is raw:
+        if server in raws:
             held = ""
         elif server.during_uploads is None:
             held = "blocked (> 10 s)"
@@ -332,6 +368,19 @@ def print_results(console: Console, servers: list[Server], raw: Server, args: ar
             held = f"{statistics.median(server.during_uploads):.1f}"
         table.add_row(server.name, *cells, held)
     console.print(table)
+
+
+def print_metrics_cost(console: Console, servers: list[Server]) -> None:
+    """What the request metrics add to each request: the median with them on minus with them off, through
+    the mlflow client and as raw HTTP."""
+    for suffix in ("", ", raw HTTP"):
+        on, off = (next(s for s in servers if s.name == name + suffix) for name in (METRICS_ON, METRICS_OFF))
+        costs = [
+            f"{operation} {statistics.median(on.samples[operation]) - statistics.median(off.samples[operation]):+.2f}"
+            for operation in OPERATIONS
+            if on.samples[operation]
+        ]
+        console.print(f"request metrics on - off{suffix}, medians in ms: " + ", ".join(costs))
 
 
 if __name__ == "__main__":

@@ -98,6 +98,13 @@ def scratch_stack_env() -> dict[str, str]:
         "MLFLOW_PORT": str(free_port()),
         # the ha topology's members (MLSTACK_TOPOLOGY=ha)
         "MLSTACK_HA_PORT_BASE": str(free_port_block(HA_PORT_COUNT)),
+        # monitoring (MLSTACK_MONITORING=true)
+        "PROMETHEUS_PORT": str(free_port()),
+        "ALERTMANAGER_PORT": str(free_port()),
+        "POSTGRES_EXPORTER_PORT": str(free_port()),
+        "MLSTACK_EXPORTER_PORT": str(free_port()),
+        "MLFLOW_METRICS_PORT": str(free_port()),
+        "GRAFANA_PORT": str(free_port()),
         # ClearML's too: no scratch project may reach a ClearML server the user runs on the defaults
         "CLEARML_API_PORT": str(free_port()),
         "CLEARML_WEB_PORT": str(free_port()),
@@ -163,6 +170,11 @@ DEFAULT_PORTS = {
     "MLflow": 5000,
     "S3": 8333,
     "MinIO": 9000,
+    "Prometheus": 9090,
+    "Alertmanager": 9093,
+    "postgres-exporter": 9187,
+    "mlstack exporter": 9188,
+    "MLflow metrics": 9189,
 }
 
 

@@ -32,11 +32,12 @@ TRACKERS, POINTS, ARTIFACTS = 4, 50_000, 40
 
 
 @contextlib.contextmanager
-def ha_stack(prefix: str) -> Iterator[NativeStack]:
-    """A scratch project with MLSTACK_TOPOLOGY=ha, brought up as a user does (`mlstack up`), and removed after."""
+def ha_stack(prefix: str, env: dict[str, str] | None = None) -> Iterator[NativeStack]:
+    """A scratch project with MLSTACK_TOPOLOGY=ha (and `env`), brought up as a user does (`mlstack up`), and
+    removed after."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     settings = make_project(root / "project")
-    update_env(settings.env_file, {"MLSTACK_TOPOLOGY": "ha"})
+    update_env(settings.env_file, {"MLSTACK_TOPOLOGY": "ha", **(env or {})})
     runtime = NativeRuntime(Settings.load(settings.project_dir), Console(stderr=True))
     try:
         up = run_mlstack(settings.project_dir, "up", "--stack", "mlflow", "--runtime", "native")

@@ -41,10 +41,12 @@ MLFLOW_SECRET_FIELDS = (
     "postgres_password",
     "postgres_replication_password",
     "mlflow_db_password",
+    "postgres_monitor_password",
     "s3_admin_secret_key",
     "mlflow_s3_secret_key",
     "mlflow_auth_admin_password",
     "mlflow_flask_server_secret_key",
+    "grafana_admin_password",
 )
 STACK_SECRET_FIELDS = {"mlflow": MLFLOW_SECRET_FIELDS, "clearml": CLEARML_SECRET_FIELDS}
 SECRET_FIELDS = MLFLOW_SECRET_FIELDS + CLEARML_SECRET_FIELDS
@@ -85,6 +87,9 @@ class Settings(ClientSettings):
     #: The MLflow server's role: owns the MLflow databases, nothing else (no superuser, no CREATEDB/ROLE).
     mlflow_db_user: str = "mlflow_server"
     mlflow_db_password: SecretStr = SecretStr("")
+    #: The exporters' role (monitoring): PostgreSQL's pg_monitor, and reading the backend store's tables.
+    postgres_monitor_user: str = "mlstack_monitor"
+    postgres_monitor_password: SecretStr = SecretStr("")
     #: Users and permissions of MLflow's basic-auth app, in the same PostgreSQL.
     mlflow_auth_db: str = "mlflow_auth"
 
@@ -153,6 +158,29 @@ class Settings(ClientSettings):
     #: The account `mlstack bootstrap` creates for the team's scripts (MLFLOW_TRACKING_USERNAME/PASSWORD).
     mlflow_client_username: str = Field(default="mlstack-client", min_length=1)
 
+    # --- Monitoring (docs/operations.md): Prometheus, Alertmanager, the exporters; every metrics
+    # endpoint and UI on 127.0.0.1 ---
+    #: Runs the `monitoring` profile with the MLflow stack, and the server's own metrics.
+    mlstack_monitoring: bool = False
+    #: Where Prometheus', Alertmanager's and Grafana's UIs listen; the exporters and the server's metrics
+    #: stay on 127.0.0.1 (compose: inside its network) whatever this says.
+    monitoring_bind_address: str = Field(default="127.0.0.1", alias="MLSTACK_MONITORING_BIND_ADDRESS")
+    prometheus_port: int = 9090
+    alertmanager_port: int = 9093
+    postgres_exporter_port: int = 9187
+    mlstack_exporter_port: int = 9188
+    #: The tracking server's own metrics (every gunicorn worker in one view); an ha replica serves its
+    #: own in the ha ports' MLflow block.
+    mlflow_metrics_port: int = 9189
+    #: Grafana (compose only) with the provisioned dashboards.
+    grafana_port: int = 3000
+    grafana_admin_password: SecretStr = SecretStr("")
+    #: How often Prometheus scrapes every target and evaluates the alert rules.
+    mlstack_scrape_interval: str = Field(default="15s", pattern=r"^[1-9][0-9]*(ms|s|m)$")
+    #: Where Alertmanager posts firing and resolved alerts (a webhook receiver); empty: none, the
+    #: alerts show in Alertmanager's UI only.
+    mlstack_alert_webhook_url: str = ""
+
     # --- ClearML server (infra/clearml) and its clients ---
     clearml_es_heap: str = "1g"
     clearml_fixed_user: str = "mlstack"
@@ -202,16 +230,15 @@ class Settings(ClientSettings):
     def mlflow_url(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
-    def postgres_dsn(self, database: str | None = None, *, as_server: bool = False) -> str:
+    def postgres_dsn(self, database: str | None = None, *, as_server: bool = False, as_monitor: bool = False) -> str:
         """libpq connection string for `database` (default: the backend store), as the superuser or, with
-        `as_server`, as the MLflow server's role."""
+        `as_server`, as the MLflow server's role; with `as_monitor`, as the exporters' role."""
         user, password = (
             (self.mlflow_db_user, self.mlflow_db_password)
             if as_server
-            else (
-                self.postgres_user,
-                self.postgres_password,
-            )
+            else (self.postgres_monitor_user, self.postgres_monitor_password)
+            if as_monitor
+            else (self.postgres_user, self.postgres_password)
         )
         from psycopg.conninfo import make_conninfo  # here: `mlstack --help` needs no database driver
 

@@ -22,7 +22,7 @@ from tests.compose.conftest import run_compose
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = PROJECT_DIR / "infra" / "mlflow" / "compose.yaml"
-ONE_SHOT = {"preflight", "database-bootstrap", "storage-bootstrap", "minio-move", "migrate"}
+ONE_SHOT = {"preflight", "database-bootstrap", "storage-bootstrap", "minio-move", "migrate", "monitoring-config"}
 #: The services of a stack made before SeaweedFS: its MinIO, and the one-shot moving its objects.
 MINIO_MOVE = {"minio", "minio-move"}
 

@@ -102,6 +102,14 @@ UNSET_IN_SETTINGS = {
     # a stack made before SeaweedFS has it in .env (its MinIO's root password, a secret: Settings'
     # default is an empty SecretStr); blank in any other, where the minio-move profile stays off
     "MINIO_ROOT_PASSWORD": "",
+    # monitoring: the server's metrics address `mlstack up` sets with MLSTACK_MONITORING=true (none by
+    # default); the ids the exporter reads the project's files as (`mlstack up`: yours); the state and
+    # backup folders it reads (Settings: under the project, .mlstack)
+    "MLSTACK_METRICS_ADDRESS": "",
+    "MLSTACK_UID": "1000",
+    "MLSTACK_GID": "1000",
+    "MLSTACK_STATE_DIR": "../../.mlstack",
+    "MLSTACK_BACKUP_DIR": "../../.mlstack/backups",
 }
 
 

@@ -106,4 +106,34 @@ def _hand_over_objects(settings: Settings, database: str, role: str) -> int:
     return len(objects)
 
 
-DATABASE_STEPS = (Step("MLflow database role", ensure_server_role), Step("MLflow databases", ensure_databases))
+def ensure_monitor_role(settings: Settings) -> StepResult:
+    """The exporters' role (monitoring) logs in with POSTGRES_MONITOR_PASSWORD, has PostgreSQL's pg_monitor
+    (statistics, sizes, replication) and reads the backend store's tables, those the server's migrations
+    make later included; it writes nothing, and has no superuser powers."""
+    role, server = settings.postgres_monitor_user, settings.mlflow_db_user
+    if role in (settings.postgres_user, server):
+        raise ConfigError(
+            f"POSTGRES_MONITOR_USER={role!r} is also POSTGRES_USER or MLFLOW_DB_USER: the exporters need a role "
+            "of their own (the default is mlstack_monitor) in .env"
+        )
+    password = settings.postgres_monitor_password.get_secret_value()
+    with _connect(settings) as connection:
+        found = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        statement = "ALTER ROLE {} WITH LOGIN {} PASSWORD {}" if found else "CREATE ROLE {} WITH LOGIN {} PASSWORD {}"
+        connection.execute(sql.SQL(statement).format(sql.Identifier(role), ROLE_LIMITS, sql.Literal(password)))
+        connection.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(role)))
+    with _connect(settings, settings.postgres_db) as connection:
+        for statement in (
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {monitor}",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {server} IN SCHEMA public GRANT SELECT ON TABLES TO {monitor}",
+        ):
+            connection.execute(sql.SQL(statement).format(monitor=sql.Identifier(role), server=sql.Identifier(server)))
+    outcome = Outcome.PRESENT if found else Outcome.CREATED
+    return StepResult("monitoring database role", outcome, f"{role}: pg_monitor, reads {settings.postgres_db}")
+
+
+DATABASE_STEPS = (
+    Step("MLflow database role", ensure_server_role),
+    Step("MLflow databases", ensure_databases),
+    Step("monitoring database role", ensure_monitor_role),
+)

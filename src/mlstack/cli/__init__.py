@@ -8,6 +8,7 @@ when they run, so `mlstack --help` loads none of MLflow, ClearML, boto3 or psyco
 - `users`: user add|remove
 - `workspaces`: workspace add|list|grant
 - `maintenance`: backup, restore, upgrade, gc
+- `monitoring`: monitoring exporter
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mlstack.cli.common import app, console
 from mlstack.errors import MlstackError
 
 #: The command groups, in the order `mlstack --help` lists them (importing one registers its commands).
-GROUPS = ("stack", "bootstrap", "tracking", "clearml", "users", "workspaces", "maintenance")
+GROUPS = ("stack", "bootstrap", "tracking", "clearml", "users", "workspaces", "maintenance", "monitoring")
 for group in GROUPS:
     importlib.import_module(f"mlstack.cli.{group}")
 

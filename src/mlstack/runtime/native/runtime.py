@@ -23,9 +23,11 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
 from rich.console import Console
 
@@ -35,6 +37,7 @@ from mlstack.envfile import write_private
 from mlstack.errors import CommandError, ConfigError, RuntimeUnavailableError, ServiceStartError
 from mlstack.health import http_ok, postgres_ok, s3_answers, wait_until
 from mlstack.maintenance.minio_move import move_from_minio, move_pending, native_minio_data, write_record
+from mlstack.monitoring.prometheus import ALERTMANAGER_CONFIG, PROMETHEUS_CONFIG, RETENTION, write_monitoring_config
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.migrate import SCHEMA_OUTDATED
 from mlstack.runtime.native import seaweedfs_cluster
@@ -60,6 +63,7 @@ from mlstack.runtime.native.seaweedfs import (
 )
 from mlstack.runtime.native.server import (
     Replica,
+    mlflow_metrics_address,
     mlflow_proxy_config,
     mlflow_replicas,
     mlflow_server_command,
@@ -75,7 +79,7 @@ from mlstack.stacks.mlflow import MLFLOW_HA_STACK, mlflow_stack
 from mlstack.tls import ensure_certificate
 
 #: Every optional part of the stack (what down stops, whatever the settings say now).
-MLFLOW_PROFILES = ("tls", "minio-move")
+MLFLOW_PROFILES = ("tls", "minio-move", "monitoring")
 #: PostgreSQL's fast shutdown (SIGTERM waits for every client to leave).
 STOP_SIGNALS = {"postgres": signal.SIGINT}
 #: The TLS front's configuration, shared with the compose stack's tls-proxy service.
@@ -124,6 +128,8 @@ class NativeRuntime:
         self.seaweedfs = seaweedfs_cluster.cluster_nodes(self.settings)
         self.replicas = mlflow_replicas(self.settings) if self.settings.topology == "ha" else ()
         self.mlflow_admin = self.proxy_socket("mlflow")
+        self.monitoring_config = root / "monitoring"
+        self._monitoring_changed = False
         # every service of either topology: down stops whatever runs, whatever the settings say now
         self.processes = {
             service.name: ManagedProcess(
@@ -134,10 +140,12 @@ class NativeRuntime:
 
     def profiles(self) -> tuple[str, ...]:
         """The optional parts on now: the TLS front with MLFLOW_TLS=true; the move of MinIO's data
-        while a stack made before SeaweedFS has not finished it."""
+        while a stack made before SeaweedFS has not finished it; monitoring with MLSTACK_MONITORING=true
+        (Grafana's `dashboards` profile is compose's only)."""
         return (
             *(("tls",) if self.settings.mlflow_tls else ()),
             *(("minio-move",) if move_pending(self.settings) else ()),
+            *(("monitoring",) if self.settings.mlstack_monitoring else ()),
         )
 
     # --- the runtime interface ------------------------------------------------------------
@@ -162,6 +170,11 @@ class NativeRuntime:
             "migrate": self.migrate,
             "mlflow": lambda: self._start_mlflow(tools),
             "tls-proxy": lambda: self._start_tls_front(tools),
+            "monitoring-config": self._write_monitoring_config,
+            "postgres-exporter": lambda: self._start_postgres_exporter(tools),
+            "mlstack-exporter": self._start_mlstack_exporter,
+            "alertmanager": lambda: self._start_alertmanager(tools),
+            "prometheus": lambda: self._start_prometheus(tools),
         }
         for replica in self.replicas:
             start[replica.name] = lambda replica=replica: self._start_replica(replica)
@@ -220,6 +233,15 @@ class NativeRuntime:
                 f"log: {self.processes['tls-proxy'].log_file}{trust}",
             ),
         }
+        for name, port, path in (
+            ("postgres-exporter", s.postgres_exporter_port, "/metrics"),
+            ("mlstack-exporter", s.mlstack_exporter_port, "/metrics"),
+            ("alertmanager", s.alertmanager_port, "/-/ready"),
+            ("prometheus", s.prometheus_port, "/-/ready"),
+        ):
+            url = f"http://127.0.0.1:{port}"
+            where = f"data: {self.data_dir / name}" if name in ("alertmanager", "prometheus") else "metrics: /metrics"
+            probes[name] = (url, lambda url=url, path=path: http_ok(url + path), where)
         if s.topology == "ha":
             probes.update(self._cluster_probes(probes["postgres"]))
             probes.update(self._replica_probes(probes["mlflow"]))
@@ -667,13 +689,17 @@ class NativeRuntime:
             self._start_tracking_server("mlflow", s.bind_address, s.mlflow_port, self._mlflow_healthy)
 
     def _start_replica(self, replica: Replica) -> None:
-        self._start_tracking_server(replica.name, "127.0.0.1", replica.port, replica.healthy)
+        self._start_tracking_server(replica.name, "127.0.0.1", replica.port, replica.healthy, replica)
 
-    def _start_tracking_server(self, name: str, host: str, port: int, healthy) -> None:
-        process = self.processes[name]
+    def _start_tracking_server(self, name: str, host: str, port: int, healthy, replica: Replica | None = None) -> None:
+        process, metrics = self.processes[name], mlflow_metrics_address(self.settings, replica)
+        if process.is_running() and self.settings.mlstack_monitoring and not http_ok(f"http://{metrics}/metrics"):
+            self.console.print(f"{name}: restarting with its metrics on (MLSTACK_MONITORING=true)")
+            process.stop()
         if not process.is_running():
             require_store_plugin(self.settings)
-            process.start(mlflow_server_command(self.settings, host, port), env=mlflow_server_env(self.settings))
+            env = mlflow_server_env(self.settings, replica)
+            process.start(mlflow_server_command(self.settings, host, port), env=env)
         self._wait(name, healthy)
 
     def _replica_state(self, replica: Replica) -> str | None:
@@ -686,6 +712,68 @@ class NativeRuntime:
 
     def _set_replica_state(self, replica: Replica, state: str) -> None:
         admin(self.mlflow_admin, f"set server mlflow/{replica.name} state {state}")
+
+    def _write_monitoring_config(self) -> None:
+        """Prometheus' and Alertmanager's configurations and the alert rules, in the state folder."""
+        self._monitoring_changed = write_monitoring_config(self.settings, self.monitoring_config, "native")
+
+    def _start_monitor(self, name: str, command: list[str], port: int, ready: str, env: dict[str, str]) -> None:
+        """A monitoring process answering on 127.0.0.1:`port`, working in its folder of the state folder
+        (Prometheus' and Alertmanager's data); one that runs
+        reloads its configuration (SIGHUP) when `monitoring-config` changed it."""
+        process = self.processes[name]
+        pid = process.pid()
+        if pid is None:
+            data = self.data_dir / name
+            data.mkdir(parents=True, exist_ok=True, mode=0o700)
+            process.start(command, env=env, cwd=data)
+        elif self._monitoring_changed and name in ("alertmanager", "prometheus"):
+            os.kill(pid, signal.SIGHUP)
+        self._wait(name, lambda: http_ok(f"http://127.0.0.1:{port}{ready}"))
+
+    def _start_postgres_exporter(self, tools: NativeTools) -> None:
+        """prometheus-postgres-exporter as the monitoring role (pg_monitor), through POSTGRES_PORT (on ha:
+        HAProxy, so the leader)."""
+        s = self.settings
+        dsn = (
+            f"postgresql://{quote(s.postgres_monitor_user, safe='')}:"
+            f"{quote(s.postgres_monitor_password.get_secret_value(), safe='')}"
+            f"@127.0.0.1:{s.postgres_port}/postgres?sslmode=disable"
+        )
+        command = [str(tools.postgres_exporter), f"--web.listen-address=127.0.0.1:{s.postgres_exporter_port}"]
+        env = {**base_env(), "DATA_SOURCE_NAME": dsn}
+        self._start_monitor("postgres-exporter", command, s.postgres_exporter_port, "/metrics", env)
+
+    def _start_mlstack_exporter(self) -> None:
+        """`mlstack monitoring exporter` for this project (its settings from the project's .env)."""
+        s = self.settings
+        command = [sys.executable, "-m", "mlstack.cli", "monitoring", "exporter"]
+        command += ["--listen", f"127.0.0.1:{s.mlstack_exporter_port}"]
+        env = {**base_env(), "MLSTACK_PROJECT_DIR": str(s.project_dir)}
+        self._start_monitor("mlstack-exporter", command, s.mlstack_exporter_port, "/metrics", env)
+
+    def _start_alertmanager(self, tools: NativeTools) -> None:
+        """Alertmanager alone (its cluster listener off: no port beyond loopback)."""
+        s = self.settings
+        command = [
+            str(tools.alertmanager),
+            f"--config.file={self.monitoring_config / ALERTMANAGER_CONFIG}",
+            f"--storage.path={self.data_dir / 'alertmanager'}",
+            f"--web.listen-address={s.monitoring_bind_address}:{s.alertmanager_port}",
+            "--cluster.listen-address=",
+        ]
+        self._start_monitor("alertmanager", command, s.alertmanager_port, "/-/ready", base_env())
+
+    def _start_prometheus(self, tools: NativeTools) -> None:
+        s = self.settings
+        command = [
+            str(tools.prometheus),
+            f"--config.file={self.monitoring_config / PROMETHEUS_CONFIG}",
+            f"--storage.tsdb.path={self.data_dir / 'prometheus'}",
+            f"--storage.tsdb.retention.time={RETENTION}",
+            f"--web.listen-address={s.monitoring_bind_address}:{s.prometheus_port}",
+        ]
+        self._start_monitor("prometheus", command, s.prometheus_port, "/-/ready", base_env())
 
     def _start_tls_front(self, tools: NativeTools) -> None:
         process = self.processes["tls-proxy"]

@@ -62,12 +62,19 @@ def mlflow_server_command(settings: Settings, host: str | None = None, port: int
     ]
 
 
+#: Where in the ha ports' MLflow block the replicas' metrics ports start: the replicas take the ports
+#: below it, their metrics the same number from it.
+REPLICA_METRICS_OFFSET = MLFLOW_BLOCK[1] // 2
+
+
 @dataclass(frozen=True)
 class Replica:
-    """An ha tracking server (`mlflow-N`): the single server as it is, on 127.0.0.1:`port`."""
+    """An ha tracking server (`mlflow-N`): the single server as it is, on 127.0.0.1:`port`, its metrics
+    (with MLSTACK_MONITORING) on 127.0.0.1:`metrics_port`."""
 
     name: str
     port: int
+    metrics_port: int
 
     @property
     def url(self) -> str:
@@ -81,7 +88,22 @@ class Replica:
 def mlflow_replicas(settings: Settings) -> tuple[Replica, ...]:
     """The replicas HAProxy (`mlflow` in the ha stack) sends to, in the ha ports' MLflow block."""
     first = settings.ha_port_base + MLFLOW_BLOCK[0]
-    return tuple(Replica(name, first + n) for n, name in enumerate(MLFLOW_HA_STACK["mlflow"].waits_for))
+    names = MLFLOW_HA_STACK["mlflow"].waits_for
+    return tuple(Replica(name, first + n, first + REPLICA_METRICS_OFFSET + n) for n, name in enumerate(names))
+
+
+def mlflow_metrics_address(settings: Settings, replica: Replica | None = None) -> str:
+    """Where a tracking server serves its own metrics (mlstack_mlflow_store.metrics): the single server
+    on 127.0.0.1:MLFLOW_METRICS_PORT, an ha replica on its `metrics_port`."""
+    return f"127.0.0.1:{replica.metrics_port if replica else settings.mlflow_metrics_port}"
+
+
+def mlflow_metrics_targets(settings: Settings) -> list[str]:
+    """Prometheus's `mlflow` targets ("127.0.0.1:PORT"): the single server's, or each ha replica's. The
+    servers serve them with MLSTACK_MONITORING on."""
+    if settings.topology == "ha":
+        return [mlflow_metrics_address(settings, replica) for replica in mlflow_replicas(settings)]
+    return [mlflow_metrics_address(settings)]
 
 
 #: How HAProxy spreads requests over the replicas and replays the ones a replica lost. Each request to
@@ -159,9 +181,10 @@ def require_store_plugin(settings: Settings) -> None:
         )
 
 
-def mlflow_server_env(settings: Settings) -> dict[str, str]:
-    """The server's environment: its own database role and S3 identity, never the superuser's or the
-    store's admin; with auth on, where the auth app's configuration is and its two secrets."""
+def mlflow_server_env(settings: Settings, replica: Replica | None = None) -> dict[str, str]:
+    """The server's environment (the single server's, or ha `replica`'s): its own database role and S3
+    identity, never the superuser's or the store's admin; with auth on, where the auth app's
+    configuration is and its two secrets; with MLSTACK_MONITORING on, where it serves its metrics."""
     return {
         **base_env(),
         **settings.backend_store_env(),
@@ -179,6 +202,11 @@ def mlflow_server_env(settings: Settings) -> dict[str, str]:
         "MLSTACK_FASTAPI_ROUTES": str(settings.mlstack_fastapi_routes).lower(),
         **guard_env(settings),
         **(auth_env(settings) if settings.mlflow_auth else {}),
+        **(
+            {"MLSTACK_METRICS_ADDRESS": mlflow_metrics_address(settings, replica)}
+            if settings.mlstack_monitoring
+            else {}
+        ),
     }
 
 

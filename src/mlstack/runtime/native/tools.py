@@ -43,6 +43,10 @@ COMPOSE_MODULE = "github.com/docker/compose/v5@v5.5.0"
 POSTGRES_MAJOR = 15
 #: ha: the versions of the compose topology's images (etcd, HAProxy: Debian's packages) and Patroni's.
 ETCD_MINOR, HAPROXY_MINOR = "3.4", "2.6"
+#: Monitoring: the versions of the compose stack's images, from Debian's prometheus,
+#: prometheus-alertmanager and prometheus-postgres-exporter.
+PROMETHEUS_MINOR, ALERTMANAGER_MINOR, POSTGRES_EXPORTER_MINOR = "2.42", "0.25", "0.11"
+MONITORING_PACKAGES = ("prometheus", "prometheus-alertmanager", "prometheus-postgres-exporter")
 PATRONI_REQUIREMENT = "patroni[etcd3,psycopg3]==4.1.5"
 #: As root, Patroni runs as `postgres` (it starts PostgreSQL), which cannot reach root's tools folder:
 #: its virtualenv lives here then, made with Debian's python3, which `postgres` may run.
@@ -62,6 +66,10 @@ class NativeTools:
     etcd: Path | None = None
     haproxy: Path | None = None
     patroni: Path | None = None
+    #: Monitoring's (MLSTACK_MONITORING=true); None while it is off.
+    prometheus: Path | None = None
+    alertmanager: Path | None = None
+    postgres_exporter: Path | None = None
 
 
 def find_caddy() -> Path | None:
@@ -84,10 +92,20 @@ def find_debian_tool(name: str, version_flag: str, minor: str) -> Path | None:
     if found is None:
         return None
     try:
-        said = subprocess.run([found, version_flag], capture_output=True, text=True, timeout=20).stdout
+        done = subprocess.run([found, version_flag], capture_output=True, text=True, timeout=20)
+        said = done.stdout + done.stderr  # postgres_exporter prints its version on stderr
     except (OSError, subprocess.TimeoutExpired):
         return None
     return Path(found) if f" {minor}." in said else None
+
+
+def find_monitoring() -> tuple[Path | None, Path | None, Path | None]:
+    """Prometheus, Alertmanager and the PostgreSQL exporter, each at the compose images' version."""
+    return (
+        find_debian_tool("prometheus", "--version", PROMETHEUS_MINOR),
+        find_debian_tool("prometheus-alertmanager", "--version", ALERTMANAGER_MINOR),
+        find_debian_tool("prometheus-postgres-exporter", "--version", POSTGRES_EXPORTER_MINOR),
+    )
 
 
 def find_etcd() -> Path | None:
@@ -216,12 +234,18 @@ def find_tools(settings: Settings) -> NativeTools:
         missing.append(
             f"Patroni (MLSTACK_TOPOLOGY=ha): `{PATRONI_REQUIREMENT}` in a virtualenv at {patroni_home(settings)}"
         )
+    monitoring = find_monitoring() if settings.mlstack_monitoring else (None, None, None)
+    if settings.mlstack_monitoring and None in monitoring:
+        missing.append(
+            f"Prometheus {PROMETHEUS_MINOR}, Alertmanager {ALERTMANAGER_MINOR}, postgres-exporter "
+            f"{POSTGRES_EXPORTER_MINOR} (MLSTACK_MONITORING=true): `apt-get install {' '.join(MONITORING_PACKAGES)}`"
+        )
     if missing:
         raise MissingToolError(
             "The native runtime needs: " + "; ".join(missing) + ". `mlstack install-tools` installs them "
             "where it may (apt as root, the rest into the tools folder)."
         )
-    return NativeTools(postgres_bin, weed, caddy, etcd, haproxy, patroni)
+    return NativeTools(postgres_bin, weed, caddy, etcd, haproxy, patroni, *monitoring)
 
 
 def install_tools(
@@ -257,6 +281,16 @@ def install_tools(
             )
         else:
             cannot.append("`sudo apt-get install etcd-server haproxy` (MLSTACK_TOPOLOGY=ha)")
+    if native and settings.mlstack_monitoring and None in find_monitoring():
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            console.print("installing Prometheus, Alertmanager and postgres-exporter (monitoring) from Debian packages")
+            _run(["apt-get", "update", "-q"])
+            _run(
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *MONITORING_PACKAGES],
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
+        else:
+            cannot.append(f"`sudo apt-get install {' '.join(MONITORING_PACKAGES)}` (MLSTACK_MONITORING=true)")
     if native and settings.topology == "ha" and find_patroni(settings) is None:
         console.print(f"installing Patroni ({PATRONI_REQUIREMENT}) into {patroni_home(settings)}")
         install_patroni(settings)

@@ -1,9 +1,10 @@
 """How the MLflow server starts, in the image (its ENTRYPOINT) and in the native runtime alike:
 `python -m mlstack_mlflow_store.launch mlflow server ARGS...`.
 
-Refuses a placeholder secret. For `mlflow server`: adds each of MLFLOW_PUBLIC_HOSTS (with any
-port) to MLFLOW_SERVER_ALLOWED_HOSTS and, unless MLFLOW_AUTH=false, writes the basic-auth app's
-configuration (0600, at MLFLOW_AUTH_CONFIG_PATH) and adds `--app-name basic-auth`. Then replaces
+Refuses a placeholder secret. For `mlflow server`: refuses a MLSTACK_METRICS_ADDRESS that is not
+HOST:PORT, adds each of MLFLOW_PUBLIC_HOSTS (with any port) to MLFLOW_SERVER_ALLOWED_HOSTS and,
+unless MLFLOW_AUTH=false, writes the basic-auth app's configuration (0600, at
+MLFLOW_AUTH_CONFIG_PATH) and adds `--app-name basic-auth`. Then replaces
 itself with the command (`mlflow` runs as this interpreter's `-m mlflow`). Imports nothing of
 MLflow's: it runs before the server.
 """
@@ -14,6 +15,8 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+from mlstack_mlflow_store import metrics
 
 #: The value `.env.example` carries where `mlstack init` generates a secret.
 PLACEHOLDER = "__generate__"
@@ -66,6 +69,10 @@ def prepare(argv: list[str], environ: Mapping[str, str]) -> tuple[list[str], dic
     if argv[0] == "mlflow":
         argv = [sys.executable, "-m", "mlflow", *argv[1:]]
     if serving:
+        try:
+            metrics.address(env)
+        except ValueError as error:
+            raise Refused(str(error)) from None
         hosts = allowed_hosts(env.get("MLFLOW_SERVER_ALLOWED_HOSTS", ""), env.get("MLFLOW_PUBLIC_HOSTS", ""))
         if hosts:
             env["MLFLOW_SERVER_ALLOWED_HOSTS"] = hosts

@@ -7,7 +7,8 @@ FastAPI app around its own Flask app, with the auth app's permission middleware 
 and hands it a request (through a2wsgi: an ASGI app inside a WSGI server) only when the path is
 under one of its routes and the Flask app has no route for it. Every other request goes to the
 Flask app as before: the Flask routes keep their latency and their answers. The request guard
-checks these requests too (size, ids) before FastAPI reads them.
+checks these requests too (size, ids) before FastAPI reads them, and with the request metrics on they
+are counted as Flask's are (`metrics`), under the FastAPI-only prefix they fall under.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from a2wsgi import ASGIMiddleware
 from flask import Flask, Response, jsonify, request
 
 from mlstack_mlflow_store import auth, compat, guard
+from mlstack_mlflow_store.metrics import RequestMetrics
 
 _logger = logging.getLogger(f"mlflow.{__name__}")
 ENABLE_VAR = "MLSTACK_FASTAPI_ROUTES"
@@ -31,7 +33,7 @@ _PARAMETER = re.compile(r"\{[^}]*\}")
 class NativeRoutes:
     """A WSGI app: FastAPI-only routes to MLflow's FastAPI app, every other request to `flask_app`."""
 
-    def __init__(self, flask_app: Flask) -> None:
+    def __init__(self, flask_app: Flask, metrics: RequestMetrics | None = None) -> None:
         from mlflow.server.fastapi_app import create_fastapi_app
 
         fastapi_app = create_fastapi_app(flask_app)
@@ -40,6 +42,7 @@ class NativeRoutes:
 
             add_fastapi_permission_middleware(fastapi_app)
         self.flask_app = flask_app
+        self.metrics = metrics
         self.fastapi = ASGIMiddleware(fastapi_app)
         self.flask_routes = flask_app.url_map.bind("localhost")
         # The literal start of the path of each route FastAPI serves (OpenAPI lists them all) that the
@@ -60,6 +63,15 @@ class NativeRoutes:
         path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
         if not path.startswith(self.prefixes) or self.flask_routes.test(path, method):
             return self.flask_app(environ, start_response)
+        if self.metrics is not None:
+            family = max((prefix for prefix in self.prefixes if path.startswith(prefix)), key=len)
+            return self.metrics.count(self.answer, environ, start_response, family)
+        return self.answer(environ, start_response)
+
+    def answer(self, environ, start_response):
+        """A request for a FastAPI-only route: the request guard's and the job check's refusal, or
+        MLflow's FastAPI app's answer."""
+        path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
         if guard.enabled() and (refusal := guard.check_for_another_app(self.flask_app, environ)) is not None:
             return refusal(environ, start_response)
         if auth.auth_on() and method == "POST" and path.endswith(JOB_SUBMISSION):
@@ -113,7 +125,8 @@ def enabled() -> bool:
     return os.environ.get(ENABLE_VAR, "true").strip().lower() not in {"0", "false", "no", "off"}
 
 
-def install(worker) -> None:
-    """Serve the FastAPI-only routes from this gunicorn worker (its app becomes `NativeRoutes`)."""
-    worker.wsgi = NativeRoutes(worker.wsgi)
+def install(worker, metrics: RequestMetrics | None = None) -> None:
+    """Serve the FastAPI-only routes from this gunicorn worker (its app becomes `NativeRoutes`), counted
+    in `metrics` when given."""
+    worker.wsgi = NativeRoutes(worker.wsgi, metrics)
     _logger.info("MLflow's FastAPI-only routes are served under %d path prefixes", len(worker.wsgi.prefixes))
