@@ -15,11 +15,14 @@ without the client: about the server's share.
     make up && .venv/bin/python benchmarks/server_latency.py [--requests 300] [--rounds 10] [--deployments] [--metrics]
 
 --deployments adds the deployment variants compared in session 2 (uvicorn h11, gunicorn sync
-workers, nginx before uvicorn; nginx from PATH, Debian: nginx-light, else skipped). --metrics adds
-the shipped server twice, with its own request metrics on (MLSTACK_METRICS_ADDRESS, scraped once at
-the end to show it counted the run) and off, and prints what the metrics cost each request. Every
-server started here gets the metrics address its row says (none, but for that row): none takes the
-stack's own metrics port.
+workers, nginx before uvicorn; nginx from PATH, Debian: nginx-light, else skipped).
+
+--metrics is a mode of its own: the shipped server started twice, its own request metrics on
+(MLSTACK_METRICS_ADDRESS, scraped once at the end to show it counted the run) and off, taking turns
+with nothing else between them (ratios against "off"), with and without the mlflow client; then
+what the metrics cost a request end to end (on minus off, medians) and in-process (the exporter's
+hooks around a Flask view, Flask's test client, in multiprocess mode as in a gunicorn worker).
+Servers started here get a metrics address only in the "on" row: none takes the stack's own port.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -77,9 +81,14 @@ UPLOADS_HELD = 2
 
 def candidates(settings: Settings, deployments: bool, metrics: bool = False) -> list[Candidate]:
     """The servers started here: the baseline, the shipped deployment on MLflow's own store, the shipped
-    server without authentication, with `deployments` the variants of session 2, with `metrics` the
-    shipped server with its request metrics on and off."""
+    server without authentication, and with `deployments` the variants of session 2; with `metrics`
+    only the shipped server with its request metrics on and off."""
     shipped_gunicorn = shipped_server_args(settings)
+    if metrics:
+        fast = settings.mlstack_fast_store
+        return [
+            Candidate(name, shipped_gunicorn, auth="shipped", fast_store=fast) for name in (METRICS_ON, METRICS_OFF)
+        ]
     chosen = [
         Candidate(BASELINE),
         Candidate("shipped gunicorn gthread, MLflow's own store", shipped_gunicorn, auth="shipped"),
@@ -93,9 +102,6 @@ def candidates(settings: Settings, deployments: bool, metrics: bool = False) -> 
         # with the stack's store and login check, but none of gunicorn's hooks (no request guard, no
         # request-level fast paths): is gunicorn still worth it?
         chosen.append(Candidate(UVICORN_STACK_STORE, auth="shipped", fast_store=fast))
-    if metrics:
-        for name in (METRICS_ON, METRICS_OFF):
-            chosen.append(Candidate(name, shipped_gunicorn, auth="shipped", fast_store=settings.mlstack_fast_store))
     if deployments:
         chosen += [
             Candidate("uvicorn, h11 parser", ("--uvicorn-opts", "--http h11")),
@@ -280,7 +286,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="log-batch(1000) requests per server")
     parser.add_argument("--rounds", type=int, default=10, help="turns the servers take")
     parser.add_argument("--deployments", action="store_true", help="add session 2's deployment variants")
-    parser.add_argument("--metrics", action="store_true", help="add the shipped server with its metrics on and off")
+    parser.add_argument("--metrics", action="store_true", help="the shipped server with its metrics on and off only")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 160)  # the table stays readable in a log file
     settings = Settings.load()
@@ -291,7 +297,7 @@ def main() -> None:
 
     store = "fast store" if settings.mlstack_fast_store else "MLflow's own store"
     auth = ", auth with login cache" if settings.mlflow_auth else ""
-    servers = [Server(f"shipped (gunicorn gthread, {store}{auth})", settings.mlflow_url)]
+    servers = [] if args.metrics else [Server(f"shipped (gunicorn gthread, {store}{auth})", settings.mlflow_url)]
     processes: list[ManagedProcess] = []
     metrics_address = f"127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory() as temporary:
@@ -312,12 +318,10 @@ def main() -> None:
             console.print("waiting until every server's processes are quiet ...")
             for process in processes:
                 wait_until_quiet(process.pid())
-            raws = [Server("shipped, raw HTTP (http.client, no mlflow client)", settings.mlflow_url)]
-            raws += [
-                Server(f"{server.name}, raw HTTP", server.url)
-                for server in servers
-                if server.name in (METRICS_ON, METRICS_OFF)
-            ]
+            if args.metrics:
+                raws = [Server(f"{server.name}, raw HTTP", server.url) for server in servers]
+            else:
+                raws = [Server("shipped, raw HTTP (http.client, no mlflow client)", settings.mlflow_url)]
             workloads = [(server, Workload(server.url)) for server in servers]
             workloads += [(raw, RawHttpWorkload(raw.url)) for raw in raws]
             per_round = max(1, args.requests // args.rounds)
@@ -336,19 +340,21 @@ def main() -> None:
         finally:
             for process in processes:
                 process.stop()
-    print_results(console, servers, raws, args)
+    print_results(console, servers, raws, args, METRICS_OFF if args.metrics else BASELINE)
     if args.metrics:
         print_metrics_cost(console, servers + raws)
 
 
-def print_results(console: Console, servers: list[Server], raws: list[Server], args: argparse.Namespace) -> None:
-    """One row a server: median / p99 ms per request and the median's ratio to the default server."""
-    baseline = next(server for server in servers if server.name == BASELINE)
+def print_results(
+    console: Console, servers: list[Server], raws: list[Server], args: argparse.Namespace, baseline_name: str
+) -> None:
+    """One row a server: median / p99 ms per request and the median's ratio to the baseline's."""
+    baseline = next(server for server in servers if server.name == baseline_name)
     table = Table(
         "server",
         *(f"{operation}\nmedian / p99 ms" for operation in OPERATIONS),
         f"runs/get, {UPLOADS_HELD} uploads\nheld open: median ms",
-        title=f"MLflow server latency ({args.rounds} rounds; ratio = default median / this median)",
+        title=f"MLflow server latency ({args.rounds} rounds; ratio = {baseline_name}'s median / this median)",
     )
     for server in [*servers, *raws]:
         cells = []
@@ -372,7 +378,7 @@ def print_results(console: Console, servers: list[Server], raws: list[Server], a
 
 def print_metrics_cost(console: Console, servers: list[Server]) -> None:
     """What the request metrics add to each request: the median with them on minus with them off, through
-    the mlflow client and as raw HTTP."""
+    the mlflow client and as raw HTTP; then in-process."""
     for suffix in ("", ", raw HTTP"):
         on, off = (next(s for s in servers if s.name == name + suffix) for name in (METRICS_ON, METRICS_OFF))
         costs = [
@@ -381,6 +387,41 @@ def print_metrics_cost(console: Console, servers: list[Server]) -> None:
             if on.samples[operation]
         ]
         console.print(f"request metrics on - off{suffix}, medians in ms: " + ", ".join(costs))
+    with (
+        tempfile.TemporaryDirectory() as folder
+    ):  # prometheus_client picks multiprocess mode at import: a process of its own
+        code = "import server_latency; print(*server_latency.in_process_cost())"
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder}
+        answer = subprocess.run(
+            [sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True, text=True, check=True
+        )
+        off_us, on_us = map(float, answer.stdout.split())
+    console.print(
+        f"in-process, a Flask view: {off_us:.0f} us a request without the request metrics, {on_us:.0f} us with them"
+        f" ({on_us - off_us:+.0f} us: the exporter's hooks, multiprocess mode)"
+    )
+
+
+def in_process_cost(batches: int = 200, batch: int = 50) -> tuple[float, float]:
+    """Median microseconds a request through Flask's test client to a view answering `{}`: without and
+    with mlstack_mlflow_store.metrics.RequestMetrics, taking turns batch by batch."""
+    from flask import Flask
+    from mlstack_mlflow_store.metrics import RequestMetrics
+
+    clients, samples = [], ([], [])
+    for metrics_on in (False, True):
+        app = Flask(f"metrics-{metrics_on}")
+        app.add_url_rule("/api/2.0/mlflow/runs/get", "get_run", lambda: "{}")
+        if metrics_on:
+            RequestMetrics(app)
+        clients.append(app.test_client())
+    for _ in range(batches):
+        for client, into in zip(clients, samples, strict=True):
+            start = time.perf_counter()
+            for _ in range(batch):
+                client.get("/api/2.0/mlflow/runs/get")
+            into.append((time.perf_counter() - start) / batch * 1e6)
+    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 if __name__ == "__main__":

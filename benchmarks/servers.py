@@ -97,6 +97,8 @@ def start_mlflow(
     url = f"http://127.0.0.1:{port}"
     env = {
         **mlflow_server_env(settings),
+        # no metrics port: with monitoring on it would be the stack's own server's (server_latency --metrics sets one)
+        "MLSTACK_METRICS_ADDRESS": "",
         "MLSTACK_FAST_STORE": str(candidate.fast_store).lower(),
         "MLSTACK_FASTAPI_ROUTES": str(candidate.fastapi_routes).lower(),
     }

@@ -18,7 +18,8 @@ import sys
 import tempfile
 import textwrap
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,16 @@ def free_port_block(count: int) -> int:
         if HANDED_OUT.isdisjoint(range(base, base + count)):
             HANDED_OUT.update(range(base, base + count))
             return base
+
+
+def wait_for(what: str, condition: Callable[[], object], timeout: float = 120.0):
+    """`condition()`'s first truthy answer, polled; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if answer := condition():
+            return answer
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 def scratch_stack_env() -> dict[str, str]:

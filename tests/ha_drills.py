@@ -25,7 +25,7 @@ from mlstack.envfile import update_env
 from mlstack.runtime.native.postgres_cluster import cluster_state
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.settings import Settings
-from tests.conftest import make_project, run_mlstack, user_environment
+from tests.conftest import make_project, run_mlstack, user_environment, wait_for
 from tests.stack import NativeStack
 
 TRACKERS, POINTS, ARTIFACTS = 4, 50_000, 40
@@ -55,16 +55,6 @@ def roles(settings: Settings) -> dict[str, str]:
 
 def leader(settings: Settings) -> str | None:
     return next((name for name, role in roles(settings).items() if role == "leader"), None)
-
-
-def wait_for(what: str, condition, timeout: float = 120.0):
-    """`condition()`'s first true answer, polled; fails naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if answer := condition():
-            return answer
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 def login(stack: NativeStack, monkeypatch) -> tuple[str, str]:

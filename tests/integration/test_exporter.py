@@ -13,9 +13,9 @@ from mlflow.entities import Metric
 
 from mlstack.maintenance.bucket import bucket_objects
 from mlstack.monitoring.exporter import RUN_STATUSES
-from tests.conftest import client_environment, free_port, run_mlstack
+from tests.conftest import client_environment, free_port, run_mlstack, wait_for
 from tests.stack import LiveStack
-from tests.unit.monitoring.exporter_process import eventually, labelled, running_exporter, scrape, value
+from tests.unit.monitoring.exporter_process import labelled, running_exporter, scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -107,11 +107,11 @@ def test_the_exporter_reports_what_was_written_as_postgres_and_the_bucket_hold_i
     with running_exporter(settings.project_dir, free_port(), tmp_path / "exporter.log") as (url, _):
         metric_points = "mlstack_mlflow_metric_points_written_total"
         # PostgreSQL publishes a backend's counts within seconds of its transaction, not at once
-        eventually(f"{POINTS} points counted", lambda: value(scrape(url), metric_points) >= points_before + POINTS)
+        wait_for(f"{POINTS} points counted", lambda: value(scrape(url), metric_points) >= points_before + POINTS)
         points_then = points_written(stack)
         samples = scrape(url)
         points_now, now = points_written(stack), held(stack)
-        eventually(
+        wait_for(
             "the database sizes as PostgreSQL gives them",
             lambda: labelled(scrape(url), "mlstack_postgres_database_bytes", "database") == database_sizes(stack),
         )

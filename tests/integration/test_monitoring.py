@@ -11,7 +11,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,7 +27,7 @@ from mlstack.monitoring.dashboards import panel_queries
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.runtime.native.tools import find_tools
 from mlstack.settings import Settings
-from tests.conftest import REQUIRED_RUNTIME, free_port, make_project, run_mlstack
+from tests.conftest import REQUIRED_RUNTIME, free_port, make_project, run_mlstack, wait_for
 from tests.integration.test_team_access import machine_address
 
 pytestmark = pytest.mark.integration
@@ -114,16 +113,6 @@ def prometheus(settings: Settings, path: str, **params) -> dict:
     return body["data"]
 
 
-def eventually(what: str, probe: Callable[[], object], timeout: float = 120):
-    """`probe`'s first truthy answer; polled until `timeout`, naming `what` if it never comes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if answer := probe():
-            return answer
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
-
-
 def workload(settings: Settings) -> None:
     """What a team does in a day, in small: an experiment, runs with metrics, an artifact, a model and
     its version, a finished and a failed run, a request for a run that does not exist; then a backup."""
@@ -177,7 +166,7 @@ def test_every_scrape_target_is_up(monitored):
         targets = prometheus(monitored, "targets")["activeTargets"]
         return targets if targets and all(target["health"] == "up" for target in targets) else None
 
-    targets = eventually("every target scraped and up", all_up)
+    targets = wait_for("every target scraped and up", all_up)
     assert {target["labels"]["job"] for target in targets} == {
         "prometheus",
         "alertmanager",
@@ -200,7 +189,7 @@ def test_each_dashboard_panel_returns_data_after_a_workload(after_workload, pane
     if panel.dashboard == NO_DATA_HERE:
         prometheus(after_workload, "query", query=panel.expr)
         return
-    eventually(
+    wait_for(
         f"data for {panel.dashboard} / {panel.panel}: {panel.expr}",
         lambda: prometheus(after_workload, "query", query=panel.expr)["result"],
     )
@@ -211,15 +200,15 @@ def test_the_workload_shows_in_the_exporters_numbers(after_workload):
         result = prometheus(after_workload, "query", query=query)["result"]
         return float(result[0]["value"][1]) if result else None
 
-    eventually("both runs counted", lambda: value('sum(mlstack_mlflow_runs{status=~"FINISHED|FAILED"})') == 2)
+    wait_for("both runs counted", lambda: value('sum(mlstack_mlflow_runs{status=~"FINISHED|FAILED"})') == 2)
     assert value("mlstack_mlflow_registered_models") == 1
     assert value("mlstack_mlflow_model_versions") == 1
     assert value("mlstack_mlflow_metric_points_written_total") >= 1000
     assert value("sum(mlstack_bucket_objects)") >= 2
-    eventually(
+    wait_for(
         "the backup counted", lambda: (value("time() - mlstack_backup_last_success_timestamp_seconds") or 1e9) < 600
     )
-    eventually(
+    wait_for(
         "log-batch counted under its route",
         lambda: (
             value('sum(mlflow_http_request_total{method="POST"})')
@@ -276,7 +265,7 @@ def test_on_ha_every_member_is_scraped_and_each_replica_reports_its_lag():
             targets = prometheus(settings, "targets")["activeTargets"]
             return targets if targets and all(target["health"] == "up" for target in targets) else None
 
-        targets = eventually("every target of the ha stack up", all_up)
+        targets = wait_for("every target of the ha stack up", all_up)
         per_job = {job: sum(t["labels"]["job"] == job for t in targets) for job in ("mlflow", "seaweedfs")}
         assert per_job == {"mlflow": 2, "seaweedfs": 8}
 
@@ -285,7 +274,7 @@ def test_on_ha_every_member_is_scraped_and_each_replica_reports_its_lag():
             return result if len(result) == 2 else None
 
         lag = {
-            item["metric"]["member"]: float(item["value"][1]) for item in eventually("both lags", lag_of_both_replicas)
+            item["metric"]["member"]: float(item["value"][1]) for item in wait_for("both lags", lag_of_both_replicas)
         }
         assert set(lag) == {name for name, role in roles(settings).items() if role != "leader"}
         assert all(0 <= behind < 64 * 1024**2 for behind in lag.values()), lag

@@ -7,14 +7,13 @@ import contextlib
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import user_environment
+from tests.conftest import user_environment, wait_for
 
 #: Seconds the exporter may take to answer its first scrape.
 START_SECONDS = 60
@@ -39,15 +38,6 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 def labelled(samples: Samples, name: str, label: str) -> dict[str, float]:
     """The samples `name` by the value of their one label `label`."""
     return {dict(labels)[label]: found for (sample, labels), found in samples.items() if sample == name}
-
-
-def eventually(what: str, probe: Callable[[], object], timeout: float = 60):
-    """`probe`'s first truthy answer, polled until `timeout`; fails naming `what` if it never comes."""
-    deadline = time.monotonic() + timeout
-    while not (answer := probe()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
-        time.sleep(0.2)
-    return answer
 
 
 def scrape(url: str) -> Samples:
@@ -76,7 +66,7 @@ def running_exporter(project_dir: Path, port: int, log: Path) -> Iterator[tuple[
         return _answers(url)
 
     try:
-        eventually(f"the exporter answering at {url} (its log: {log})", answering, START_SECONDS)
+        wait_for(f"the exporter answering at {url} (its log: {log})", answering, START_SECONDS)
         yield url, process
     finally:
         process.send_signal(signal.SIGTERM)
