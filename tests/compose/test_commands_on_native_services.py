@@ -229,3 +229,31 @@ def test_migrate_waits_for_the_backend_store_then_migrates_it(rendered, native, 
     assert one_shot.returncode == 0, output
     with psycopg.connect(project.postgres_dsn(project.postgres_db), autocommit=True) as connection:
         assert connection.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+
+
+def test_monitoring_config_writes_what_prometheus_and_alertmanager_accept(compose_cli, project, tmp_path):
+    """The monitoring-config one-shot as compose renders it, its volume a scratch folder: promtool and
+    amtool accept what it writes, readable by Prometheus' and Alertmanager's own users (0644)."""
+    config = ("--profile", "monitoring", "config", "--format", "json")
+    result = run_compose(compose_cli, COMPOSE_FILE, project.env_file, *config)
+    assert result.returncode == 0, result.stderr
+    service = json.loads(result.stdout)["services"]["monitoring-config"]
+    volume = tmp_path / "monitoring-config"
+    mounted = next(mount["target"] for mount in service["volumes"] if mount["source"] == "monitoring-config")
+    service = {**service, "command": [str(volume) if part == mounted else part for part in service["command"]]}
+    one_shot = run_one_shot(service, service["environment"], tmp_path / "home")
+    assert one_shot.wait(timeout=120) == 0, one_shot.stdout.read()
+    assert {path.name: path.stat().st_mode & 0o777 for path in volume.iterdir()} == dict.fromkeys(
+        ("prometheus.yml", "alertmanager.yml", "alerts.yml"), 0o644
+    )
+    for command in (["promtool", "check", "config"], ["amtool", "check-config"]):
+        if shutil.which(command[0]) is None:
+            pytest.fail(f"{command[0]} is not installed (Debian's prometheus and prometheus-alertmanager)")
+    for command in (
+        ["promtool", "check", "config", str(volume / "prometheus.yml")],
+        ["amtool", "check-config", str(volume / "alertmanager.yml")],
+    ):
+        checked = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    jobs = json.loads((volume / "prometheus.yml").read_text())["scrape_configs"]
+    assert {job["job_name"]: job["static_configs"][0]["targets"] for job in jobs}["mlflow"] == ["mlflow:9189"]
