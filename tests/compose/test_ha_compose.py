@@ -68,6 +68,10 @@ def test_only_the_proxies_publish_and_on_loopback(rendered):
         "seaweedfs": ["8333"],
         "mlflow": ["5000"],
         "tls-proxy": ["5443"],
+        # monitoring's UIs (MLSTACK_MONITORING_BIND_ADDRESS); its exporters and the replicas' metrics publish none
+        "prometheus": ["9090"],
+        "alertmanager": ["9093"],
+        "grafana": ["3000"],
     }
     assert {port["host_ip"] for ports in published.values() for port in ports} == {"127.0.0.1"}
 

@@ -17,7 +17,7 @@ from mlstack.runtime.native.seaweedfs import identities_json
 from mlstack.runtime.native.server import gunicorn_options, mlflow_server_command, mlflow_server_env
 from mlstack.runtime.native.tools import SEAWEEDFS_VERSION
 from mlstack.settings import Settings
-from mlstack.stacks.mlflow import MINIO_IMAGE
+from mlstack.stacks.mlflow import MINIO_IMAGE, MLFLOW_STACK
 from tests.compose.conftest import run_compose
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -218,7 +218,13 @@ def test_each_secret_reaches_only_the_services_that_use_it(compose_cli, generate
 
     assert holders(settings.postgres_password) == {"preflight", "postgres", "database-bootstrap"}
     # SeaweedFS takes the admin's key from its identities config, nothing else of it in its environment
-    assert holders(settings.s3_admin_secret_key) == {"preflight", "seaweedfs", "storage-bootstrap", "minio-move"}
+    assert holders(settings.s3_admin_secret_key) == {
+        "preflight",
+        "seaweedfs",
+        "storage-bootstrap",
+        "minio-move",
+        "mlstack-exporter",  # lists the bucket for its size
+    }
     assert {config["source"] for config in services["seaweedfs"]["configs"]} == {"seaweedfs-identities"}
     assert not any(service.get("configs") for name, service in services.items() if name != "seaweedfs")
     assert holders(settings.minio_root_password) == {"minio", "minio-move"}
@@ -226,6 +232,10 @@ def test_each_secret_reaches_only_the_services_that_use_it(compose_cli, generate
     assert holders(settings.mlflow_s3_secret_key) == {"preflight", "seaweedfs", "storage-bootstrap", "mlflow"}
     assert holders(settings.mlflow_db_password) == {"preflight", "database-bootstrap", "migrate", "mlflow"}
     assert holders(settings.mlflow_auth_admin_password) == {"preflight", "mlflow"}
+    # monitoring: the read-only role's password to the step that makes it and the two exporters
+    monitor = {"preflight", "database-bootstrap", "postgres-exporter", "mlstack-exporter"}
+    assert holders(settings.postgres_monitor_password) == monitor
+    assert holders(settings.grafana_admin_password) == {"preflight", "grafana"}
     assert services["migrate"]["depends_on"]["database-bootstrap"]["condition"] == "service_completed_successfully"
     assert (
         services["mlflow"]["environment"]["PGPASSWORD"]
@@ -281,6 +291,7 @@ def test_minio_runs_only_in_the_move_profile_and_publishes_no_port(compose, comp
     assert {name for name, service in compose["services"].items() if service.get("profiles")} == {
         *MINIO_MOVE,
         "tls-proxy",
+        *(service.name for service in MLFLOW_STACK.services if service.profile in ("monitoring", "dashboards")),
     }
     for name in MINIO_MOVE:
         assert compose["services"][name]["profiles"] == ["minio-move"], name
