@@ -19,6 +19,7 @@ from mlstack.monitoring.dashboards import DASHBOARDS
 from mlstack.runtime.docker import engine_answers
 from mlstack.settings import Settings
 from tests.conftest import REPO, run_mlstack, scratch_stack_env, wait_for
+from tests.integration.test_monitoring_stack import targets_all_up
 
 pytestmark = [
     pytest.mark.docker,
@@ -45,13 +46,7 @@ def monitored_clone() -> Iterator[Settings]:
 
 
 def test_prometheus_scrapes_every_target_inside_the_compose_network(monitored_clone):
-    url = f"http://127.0.0.1:{monitored_clone.prometheus_port}/api/v1/targets"
-
-    def all_up():
-        targets = requests.get(url, timeout=10).json()["data"]["activeTargets"]
-        return targets if targets and all(target["health"] == "up" for target in targets) else None
-
-    targets = wait_for("every compose target up", all_up, timeout=180)
+    targets = wait_for("every compose target up", lambda: targets_all_up(monitored_clone), timeout=180)
     assert {target["labels"]["job"] for target in targets} == {
         "prometheus",
         "alertmanager",

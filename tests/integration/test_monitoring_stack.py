@@ -113,6 +113,12 @@ def prometheus(settings: Settings, path: str, **params) -> dict:
     return body["data"]
 
 
+def targets_all_up(settings: Settings) -> list[dict] | None:
+    """Prometheus' active targets once there are some and every one is up, else None."""
+    targets = prometheus(settings, "targets")["activeTargets"]
+    return targets if targets and all(target["health"] == "up" for target in targets) else None
+
+
 def workload(settings: Settings) -> None:
     """What a team does in a day, in small: an experiment, runs with metrics, an artifact, a model and
     its version, a finished and a failed run, a request for a run that does not exist; then a backup."""
@@ -162,11 +168,7 @@ def test_up_starts_monitoring_and_status_links_each_panel_in_prometheus(monitore
 
 
 def test_every_scrape_target_is_up(monitored):
-    def all_up():
-        targets = prometheus(monitored, "targets")["activeTargets"]
-        return targets if targets and all(target["health"] == "up" for target in targets) else None
-
-    targets = wait_for("every target scraped and up", all_up)
+    targets = wait_for("every target scraped and up", lambda: targets_all_up(monitored))
     assert {target["labels"]["job"] for target in targets} == {
         "prometheus",
         "alertmanager",
@@ -261,11 +263,7 @@ def test_on_ha_every_member_is_scraped_and_each_replica_reports_its_lag():
     with ha_stack("mlstack-monitoring-ha-", {"MLSTACK_MONITORING": "true", "MLSTACK_SCRAPE_INTERVAL": "1s"}) as stack:
         settings = stack.settings
 
-        def all_up():
-            targets = prometheus(settings, "targets")["activeTargets"]
-            return targets if targets and all(target["health"] == "up" for target in targets) else None
-
-        targets = wait_for("every target of the ha stack up", all_up)
+        targets = wait_for("every target of the ha stack up", lambda: targets_all_up(settings))
         per_job = {job: sum(t["labels"]["job"] == job for t in targets) for job in ("mlflow", "seaweedfs")}
         assert per_job == {"mlflow": 2, "seaweedfs": 8}
 
