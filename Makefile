@@ -13,6 +13,8 @@ RUNTIME ?= auto
 BIN := $(VENV)/bin
 MLSTACK := $(BIN)/mlstack
 STACK_ARGS := --stack $(STACK) --runtime $(RUNTIME)
+# `make test`'s pytest workers (tests/conftest.py: the failover drills run in one, the rest beside them)
+TEST_WORKERS ?= 2
 
 .PHONY: help venv init up down status bootstrap-credentials install-tools demo test lint
 
@@ -52,7 +54,7 @@ demo: venv
 # then the store plugin's equivalence tests under each other MLflow minor it supports
 test: venv
 	$(MLSTACK) install-tools --compose --minio --ha --monitoring
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations 40
 	$(BIN)/python -m tests.mlflow_versions
 
 lint: venv

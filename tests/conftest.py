@@ -7,7 +7,7 @@ missing native binary fails the run instead of skipping it.
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import io
 import os
 import random
@@ -39,9 +39,32 @@ REPO = Path(__file__).resolve().parents[1]
 REQUIRED_RUNTIME = os.environ.get("MLSTACK_REQUIRE_RUNTIME", "")
 
 
-#: Ports handed out in this session: the kernel may offer a released port again at once, and two
-#: services of one scratch stack must never get the same one.
-HANDED_OUT: set[int] = set()
+#: Ports handed out in this test run, by every pytest-xdist worker (`make test` runs two): the kernel
+#: may offer a released port again at once, to this process or the other, and no two services may
+#: get the same one. A file the workers share, locked while read and extended.
+TEST_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+HANDED_OUT = Path(tempfile.gettempdir()) / f"mlstack-test-ports-{TEST_RUN}"
+
+
+def claim(ports: range | list[int]) -> bool:
+    """Record `ports` as handed out, unless one of them already is."""
+    with open(HANDED_OUT, "a+") as registry:
+        fcntl.flock(registry, fcntl.LOCK_EX)
+        registry.seek(0)
+        taken = {int(line) for line in registry.read().split()}
+        if not taken.isdisjoint(ports):
+            return False
+        registry.write("".join(f"{port}\n" for port in ports))
+        return True
+
+
+def bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
@@ -49,22 +72,17 @@ def free_port() -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port not in HANDED_OUT:
-            HANDED_OUT.add(port)
+        if claim([port]):
             return port
 
 
 def free_port_with_grpc() -> int:
     """A free port whose SeaweedFS gRPC twin (port + 10000) is free too."""
     while True:
-        port = free_port()
-        if port + 10000 < 65536 and port + 10000 not in HANDED_OUT:
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port + 10000))
-                except OSError:
-                    continue
-            HANDED_OUT.add(port + 10000)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port + 10000 < 65536 and bindable(port + 10000) and claim([port, port + 10000]):
             return port
 
 
@@ -73,15 +91,48 @@ def free_port_block(count: int) -> int:
     takes one of them meanwhile)."""
     while True:
         base = random.randrange(20000, 32000 - count)
-        with contextlib.ExitStack() as held:
-            try:
-                for port in range(base, base + count):
-                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if HANDED_OUT.isdisjoint(range(base, base + count)):
-            HANDED_OUT.update(range(base, base + count))
+        ports = range(base, base + count)
+        if all(bindable(port) for port in ports) and claim(ports):
             return base
+
+
+#: `make test` runs two pytest-xdist workers (`--dist loadgroup`), each taking whole modules (a
+#: module's stack is made once). The failover drills (tests/ha_drills.py) are one unit, queued first:
+#: one worker runs them one after another while the other takes the rest beside them.
+HA_DRILLS = "ha-drills"
+
+
+def is_ha_drill(item: pytest.Item) -> bool:
+    return item.path.parent.name == "integration" and item.path.name.startswith("test_ha_")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(HA_DRILLS if is_ha_drill(item) else item.path.name))
+    items.sort(key=lambda item: not is_ha_drill(item))
+
+
+@pytest.fixture
+def drill_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record a failover drill's outcome (sent, landed, unavailability, recovery) for the run's summary,
+    printed whichever worker ran the drill."""
+    return lambda outcome: request.node.user_properties.append(("drill", outcome))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    outcomes = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "drill"
+    ]
+    if outcomes:
+        terminalreporter.section("failover drills")
+        for outcome in outcomes:
+            terminalreporter.write_line(outcome)
 
 
 def wait_for(what: str, condition: Callable[[], object], timeout: float = 120.0):

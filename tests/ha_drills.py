@@ -1,7 +1,9 @@
 """What every failover drill of the ha topology shares (tests/integration/test_ha_*.py): a scratch ha
 stack, and the workload a fault hits, 4 training scripts logging 50,000 points each while a plain
-mlflow client uploads artifacts and another asks the server every 0.2 s. `Workload.finish` waits for
-it all and checks that every point and artifact landed once and every run ended FINISHED."""
+mlflow client uploads artifacts and another asks the server every 0.2 s. Each script logs half its
+points, then waits for `Workload.hit` to inject the fault and logs the rest through it (on any machine,
+however fast, the fault meets open runs). `Workload.finish` waits for it all and checks that every
+point and artifact landed once and every run ended FINISHED."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from tests.conftest import make_project, run_mlstack, user_environment, wait_for
 from tests.stack import NativeStack
 
 TRACKERS, POINTS, ARTIFACTS = 4, 50_000, 40
+#: The file `Workload.hit` makes once the fault is in: the scripts, waiting halfway, log the rest.
+FAULT_IN = "fault-in"
 
 
 @contextlib.contextmanager
@@ -102,14 +106,21 @@ class Availability:
         return (self.failures[-1] - self.failures[0]) if self.failures else 0.0
 
 
-def start_tracker(settings: Settings, experiment: str, number: int) -> subprocess.Popen:
-    """A training script, as a user runs it in the project folder (.env gives the server and login)."""
+def start_tracker(settings: Settings, experiment: str, number: int, fault_in: Path) -> subprocess.Popen:
+    """A training script, as a user runs it in the project folder (.env gives the server and login):
+    it prints its run id, logs half its points, prints "halfway" and waits for `fault_in` to exist
+    before it logs the rest."""
     code = f"""
+        import os, time
         from mlstack.tracking import ExperimentTracker, setup_mlflow
         setup_mlflow({experiment!r})
         with ExperimentTracker(run_name="drill-{number}") as tracker:
             print(tracker.run_id, flush=True)
             for step in range({POINTS}):
+                if step == {POINTS // 2}:
+                    print("halfway", flush=True)
+                    while not os.path.exists({str(fault_in)!r}):
+                        time.sleep(0.05)
                 tracker.log_metric("loss", 1.0 / (step + 1), step=step)
     """
     return subprocess.Popen(
@@ -135,9 +146,13 @@ class Workload:
     def start(self, monkeypatch) -> Workload:
         settings = self.stack.settings
         auth = login(self.stack, monkeypatch)
-        self.trackers = [start_tracker(settings, self.experiment, number) for number in range(TRACKERS)]
+        fault_in = self.folder / FAULT_IN
+        self.trackers = [start_tracker(settings, self.experiment, number, fault_in) for number in range(TRACKERS)]
         self.run_ids = [tracker.stdout.readline().strip() for tracker in self.trackers]
-        assert all(self.run_ids), [tracker.stderr.read() for tracker in self.trackers]
+        halfway = [tracker.stdout.readline().strip() for tracker in self.trackers]
+        assert all(self.run_ids) and halfway == ["halfway"] * TRACKERS, [
+            tracker.stderr.read() for tracker in self.trackers
+        ]
         self.client = MlflowClient(settings.mlflow_url)
         experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
         self.uploads_run = self.client.create_run(experiment_id).info.run_id
@@ -147,9 +162,13 @@ class Workload:
         self.uploader.start()
         self.prober.start()
         wait_for("the first uploads", lambda: len(self.sent) >= 2)
-        assert all(tracker.poll() is None for tracker in self.trackers), "the fault must hit while every script logs"
-        self.fault_at = time.monotonic()
         return self
+
+    def hit(self, fault: Callable[[], object]) -> None:
+        """Inject `fault` (a SIGKILL, a cut) while the scripts wait halfway, then let them log the rest."""
+        fault()
+        self.fault_at = time.monotonic()
+        (self.folder / FAULT_IN).touch()
 
     def _upload(self) -> None:
         """A plain mlflow client's uploads, one after another (MLflow's own retries ride out an outage)."""

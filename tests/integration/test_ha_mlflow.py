@@ -75,9 +75,9 @@ def test_a_password_or_permission_changed_through_one_replica_counts_on_the_othe
     assert on_second(new) == 403
 
 
-def test_sigkill_of_a_replica_fails_no_call_and_loses_nothing(stack, tmp_path, capsys, monkeypatch):
+def test_sigkill_of_a_replica_fails_no_call_and_loses_nothing(stack, tmp_path, drill_report, monkeypatch):
     workload = Workload(stack, "ha-drill-replica", tmp_path).start(monkeypatch)
-    stack.runtime.kill("mlflow-1")
+    workload.hit(lambda: stack.runtime.kill("mlflow-1"))
     outcome = workload.finish()
     assert not workload.probe.failures, f"a plain client's requests failed: {outcome}"
     assert haproxy_view(stack)["mlflow-1"] == "DOWN"
@@ -85,8 +85,7 @@ def test_sigkill_of_a_replica_fails_no_call_and_loses_nothing(stack, tmp_path, c
     up = run_mlstack(stack.settings.project_dir, "up", "--stack", "mlflow", "--runtime", "native")
     assert up.returncode == 0, up.stdout + up.stderr
     wait_for("HAProxy sending to mlflow-1 again", lambda: haproxy_view(stack)["mlflow-1"] == "UP")
-    with capsys.disabled():
-        print(f"\n[drill: MLflow replica SIGKILL] mlflow-1; {outcome}; `mlstack up` restarted it")
+    drill_report(f"[drill: MLflow replica SIGKILL] mlflow-1; {outcome}; `mlstack up` restarted it")
 
 
 @dataclass
@@ -117,7 +116,7 @@ class Writer:
                 self.failures.append(f"{answer.status_code} {answer.text[:200]}")
 
 
-def test_upgrade_migrates_once_and_restarts_the_replicas_one_at_a_time(stack, capsys, monkeypatch):
+def test_upgrade_migrates_once_and_restarts_the_replicas_one_at_a_time(stack, drill_report, monkeypatch):
     settings, runtime = stack.settings, stack.runtime
     auth = login(stack, monkeypatch)
     experiment = requests.post(
@@ -147,8 +146,7 @@ def test_upgrade_migrates_once_and_restarts_the_replicas_one_at_a_time(stack, ca
     with stack.pg_connect() as connection:
         rows = connection.execute("SELECT count(DISTINCT step) FROM metrics WHERE run_uuid = %s", (run_id,)).fetchone()
     assert writer.landed > 0 and rows == (writer.landed,)
-    with capsys.disabled():
-        print(
-            f"\n[drill: rolling restart] `mlstack upgrade` restarted {', '.join(before)} one at a time; "
-            f"{writer.landed} metric points logged and {len(probe.failures)} probes failed meanwhile"
-        )
+    drill_report(
+        f"[drill: rolling restart] `mlstack upgrade` restarted {', '.join(before)} one at a time; "
+        f"{writer.landed} metric points logged and {len(probe.failures)} probes failed meanwhile"
+    )

@@ -363,16 +363,16 @@ def takes_writes(settings: Settings) -> bool:
         return False
 
 
-def test_a_partitioned_postgres_leader_stops_writing_and_loses_nothing(capsys):
+def test_a_partitioned_postgres_leader_stops_writing_and_loses_nothing(drill_report):
     root = Path(tempfile.mkdtemp(prefix="mlstack-partition-"))
     try:
         with partitionable_cluster(root) as cluster:
-            drill(cluster, root, capsys)
+            drill(cluster, root, drill_report)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def drill(cluster: Cluster, root: Path, capsys) -> None:
+def drill(cluster: Cluster, root: Path, drill_report) -> None:
     settings, members = cluster.settings, cluster.members
     old = leader_of(settings, members)
     cut_member = next(member for member in members if member.patroni == old)
@@ -436,14 +436,13 @@ def drill(cluster: Cluster, root: Path, capsys) -> None:
         f"landed {len(landed.get(name, ()))}"
         for name, writer in writers.items()
     }
-    with capsys.disabled():
-        print(
-            f"\n[drill: PostgreSQL leader partition] {old} cut off from the others, {new} elected {elected:.1f} s "
-            f"after the cut. Through HAProxy: {counts['through-haproxy']}; a client saw "
-            f"{through_proxy.longest_silence():.1f} s without an acknowledgement ({len(through_proxy.failures)} "
-            f"failed attempts), writing again {first_new_write - cut_at:.1f} s after the cut. Beside the old leader: "
-            f"{counts['beside-the-leader']}, {len(late)} acknowledged after the cut; the old leader cut its writer "
-            f"off {cut_off - cut_at:.1f} s after the cut, was read-only from {read_only - cut_at:.1f} s, its "
-            f"Patroni not primary by {demoted:.1f} s. Healed: a replica again {rejoined:.1f} s later, holding every "
-            "acknowledged row and nothing else."
-        )
+    drill_report(
+        f"[drill: PostgreSQL leader partition] {old} cut off from the others, {new} elected {elected:.1f} s "
+        f"after the cut. Through HAProxy: {counts['through-haproxy']}; a client saw "
+        f"{through_proxy.longest_silence():.1f} s without an acknowledgement ({len(through_proxy.failures)} "
+        f"failed attempts), writing again {first_new_write - cut_at:.1f} s after the cut. Beside the old leader: "
+        f"{counts['beside-the-leader']}, {len(late)} acknowledged after the cut; the old leader cut its writer "
+        f"off {cut_off - cut_at:.1f} s after the cut, was read-only from {read_only - cut_at:.1f} s, its "
+        f"Patroni not primary by {demoted:.1f} s. Healed: a replica again {rejoined:.1f} s later, holding every "
+        "acknowledged row and nothing else."
+    )

@@ -34,12 +34,14 @@ def stack():
         yield stack
 
 
-def test_sigkill_of_the_postgres_leader_loses_nothing_and_the_old_leader_rejoins(stack, tmp_path, capsys, monkeypatch):
+def test_sigkill_of_the_postgres_leader_loses_nothing_and_the_old_leader_rejoins(
+    stack, tmp_path, drill_report, monkeypatch
+):
     settings = stack.settings
     killed = leader(settings)
     assert killed is not None, roles(settings)
     workload = Workload(stack, "ha-drill-leader", tmp_path).start(monkeypatch)
-    stack.runtime.kill(killed)
+    workload.hit(lambda: stack.runtime.kill(killed))
     outcome = workload.finish()
     new_leader = leader(settings)
     assert new_leader not in (None, killed), roles(settings)
@@ -53,8 +55,7 @@ def test_sigkill_of_the_postgres_leader_loses_nothing_and_the_old_leader_rejoins
         ),
     )
     assert rejoined["role"] in ("replica", "sync_standby") and leader(settings) == new_leader
-    with capsys.disabled():
-        print(f"\n[drill: PostgreSQL leader SIGKILL] {killed} -> {new_leader}; {outcome}")
+    drill_report(f"[drill: PostgreSQL leader SIGKILL] {killed} -> {new_leader}; {outcome}")
 
 
 def leader_lease_seconds(settings: Settings) -> int | None:
@@ -87,7 +88,7 @@ class Renewals:
         return self.seen
 
 
-def test_sigkill_of_an_etcd_member_keeps_the_leader_and_its_writes(stack, capsys, monkeypatch):
+def test_sigkill_of_an_etcd_member_keeps_the_leader_and_its_writes(stack, drill_report, monkeypatch):
     settings = stack.settings
     probe = Availability(settings.mlflow_url, login(stack, monkeypatch))
     prober = threading.Thread(target=probe.run)
@@ -115,12 +116,11 @@ def test_sigkill_of_an_etcd_member_keeps_the_leader_and_its_writes(stack, capsys
     assert up.returncode == 0, up.stdout + up.stderr
     status = run_mlstack(settings.project_dir, "status", "--stack", "mlflow")
     assert status.returncode == 0, status.stdout + status.stderr
-    with capsys.disabled():
-        print(
-            f"\n[drill: etcd member SIGKILL] {killed}; leader {before} kept through two renewals; a client saw "
-            f"{probe.unavailable_seconds:.1f} s of failures ({len(probe.failures)} failed requests) in the "
-            f"{time.monotonic() - killed_at:.1f} s after the kill; `mlstack up` restarted {killed}"
-        )
+    drill_report(
+        f"[drill: etcd member SIGKILL] {killed}; leader {before} kept through two renewals; a client saw "
+        f"{probe.unavailable_seconds:.1f} s of failures ({len(probe.failures)} failed requests) in the "
+        f"{time.monotonic() - killed_at:.1f} s after the kill; `mlstack up` restarted {killed}"
+    )
 
 
 def test_the_topologies_refuse_each_others_data(stack, tmp_path):

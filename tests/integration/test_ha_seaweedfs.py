@@ -85,8 +85,9 @@ def drill(stack, workload: Workload, killed: str, recovered) -> str:
     )
     prober = threading.Thread(target=probe.run)
     prober.start()
-    stack.runtime.kill(killed)
-    killed_at, uploaded_before = time.monotonic(), len(workload.sent)
+    uploaded_before = len(workload.sent)
+    workload.hit(lambda: stack.runtime.kill(killed))
+    killed_at = workload.fault_at
     wait_for(f"the cluster to recover from the loss of {killed}", recovered)
     outcome = workload.finish()
     probe.stop.set()
@@ -106,7 +107,7 @@ def drill(stack, workload: Workload, killed: str, recovered) -> str:
     )
 
 
-def test_sigkill_of_a_volume_server_keeps_every_artifact_and_uploads_go_on(stack, tmp_path, capsys, monkeypatch):
+def test_sigkill_of_a_volume_server_keeps_every_artifact_and_uploads_go_on(stack, tmp_path, drill_report, monkeypatch):
     settings = stack.settings
     workload = Workload(stack, "ha-drill-volume", tmp_path).start(monkeypatch)
     holding = volume_servers(master_leader(settings))
@@ -120,14 +121,15 @@ def test_sigkill_of_a_volume_server_keeps_every_artifact_and_uploads_go_on(stack
 
     outcome = drill(stack, workload, killed, counted_gone)
     wait_for(f"{killed} back in the topology", lambda: busiest in volume_servers(master_leader(settings)))
-    with capsys.disabled():
-        print(f"\n[drill: SeaweedFS volume server SIGKILL] {killed} (held {holding[busiest]} volumes); {outcome}")
+    drill_report(f"[drill: SeaweedFS volume server SIGKILL] {killed} (held {holding[busiest]} volumes); {outcome}")
     status = run_mlstack(settings.project_dir, "status", "--stack", "mlflow")
     said = " ".join(status.stdout.replace("│", " ").split())  # a table cell's text, wrapped or not
     assert status.returncode == 0 and f"{SEAWEEDFS_VOLUMES} of {SEAWEEDFS_VOLUMES} volume servers up" in said, said
 
 
-def test_sigkill_of_the_master_leader_keeps_every_artifact_and_uploads_go_on(stack, tmp_path, capsys, monkeypatch):
+def test_sigkill_of_the_master_leader_keeps_every_artifact_and_uploads_go_on(
+    stack, tmp_path, drill_report, monkeypatch
+):
     settings = stack.settings
     killed = master_leader(settings)
     assert killed is not None
@@ -142,11 +144,10 @@ def test_sigkill_of_the_master_leader_keeps_every_artifact_and_uploads_go_on(sta
     wait_for(
         f"{killed.service} following {elected.service}", lambda: killed.healthy() and master_leader(settings) == elected
     )
-    with capsys.disabled():
-        print(f"\n[drill: SeaweedFS master leader SIGKILL] {killed.service} -> {elected.service}; {outcome}")
+    drill_report(f"[drill: SeaweedFS master leader SIGKILL] {killed.service} -> {elected.service}; {outcome}")
 
 
-def test_a_filers_loss_keeps_every_object_readable_and_it_catches_up_on_its_return(stack, capsys):
+def test_a_filers_loss_keeps_every_object_readable_and_it_catches_up_on_its_return(stack, drill_report):
     settings = stack.settings
     first, second = cluster_nodes(settings).filers
     before = objects(stack.s3, stack.bucket)
@@ -169,9 +170,8 @@ def test_a_filers_loss_keeps_every_object_readable_and_it_catches_up_on_its_retu
     expected = {**before, "written-without-filer-1": b"while filer-1 was down"}
     wait_for(f"{first.service} to hold every object again", lambda: objects(own_gateway, stack.bucket) == expected)
     stack.s3.delete_object(Bucket=stack.bucket, Key="written-without-filer-1")
-    with capsys.disabled():
-        print(
-            f"\n[drill: SeaweedFS filer SIGKILL] {first.service}; {len(before)} objects listed and read whole "
-            f"through {second.service}'s gateway within {served:.1f} s of the kill; back, {first.service} "
-            f"holds them and the one written without it"
-        )
+    drill_report(
+        f"[drill: SeaweedFS filer SIGKILL] {first.service}; {len(before)} objects listed and read whole "
+        f"through {second.service}'s gateway within {served:.1f} s of the kill; back, {first.service} "
+        f"holds them and the one written without it"
+    )
