@@ -54,7 +54,7 @@ demo: venv
 # then the store plugin's equivalence tests under each other MLflow minor it supports
 test: venv
 	$(MLSTACK) install-tools --compose --minio --ha --monitoring
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations 40
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --no-loadscope-reorder --durations 40
 	$(BIN)/python -m tests.mlflow_versions
 
 lint: venv

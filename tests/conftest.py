@@ -96,21 +96,32 @@ def free_port_block(count: int) -> int:
             return base
 
 
-#: `make test` runs two pytest-xdist workers (`--dist loadgroup`), each taking whole modules (a
-#: module's stack is made once). The failover drills (tests/ha_drills.py) are one unit, queued first:
-#: one worker runs them one after another while the other takes the rest beside them.
+#: `make test` runs two pytest-xdist workers, each taking whole modules (a module's stack is made
+#: once). The failover drills (tests/ha_drills.py) are one unit, queued first: one worker runs them
+#: one after another (never two ha stacks under load at once) while the other takes the rest.
 HA_DRILLS = "ha-drills"
 
 
-def is_ha_drill(item: pytest.Item) -> bool:
-    return item.path.parent.name == "integration" and item.path.name.startswith("test_ha_")
+def is_ha_drill(path: str) -> bool:
+    return path.startswith("tests/integration/test_ha_")
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(HA_DRILLS if is_ha_drill(item) else item.path.name))
-    items.sort(key=lambda item: not is_ha_drill(item))
+    items.sort(key=lambda item: not is_ha_drill(item.nodeid))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """Whole modules to a worker, the failover drills' modules as one."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return HA_DRILLS if is_ha_drill(module) else module
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture
