@@ -320,8 +320,7 @@ def mlflow_stack() -> Iterator[LiveStack]:
         stack.settings = service.settings
         yield stack
     finally:
-        stack.stop()
-        stack.remove_data()
+        stack.discard()
         shutil.rmtree(root, ignore_errors=True)
 
 

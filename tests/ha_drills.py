@@ -28,7 +28,7 @@ from mlstack.runtime.native.postgres_cluster import cluster_state
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.settings import Settings
 from tests.conftest import make_project, run_mlstack, user_environment, wait_for
-from tests.stack import NativeStack
+from tests.stack import NativeStack, discard
 
 TRACKERS, POINTS, ARTIFACTS = 4, 50_000, 40
 #: The file `Workload.hit` makes once the fault is in: the scripts, waiting halfway, log the rest.
@@ -48,8 +48,7 @@ def ha_stack(prefix: str, env: dict[str, str] | None = None) -> Iterator[NativeS
         assert up.returncode == 0, up.stdout + up.stderr
         yield NativeStack(Settings.load(settings.project_dir), Console(stderr=True))
     finally:
-        runtime.down()
-        shutil.rmtree(runtime.postgres.home, ignore_errors=True)
+        discard(runtime)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -12,6 +12,7 @@ and --no-deps on every call (a second or two), so a reused virtualenv always run
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import re
 import shutil
 import subprocess
@@ -61,7 +62,10 @@ def _venv(tools: Path, mlflow_version: str, with_tests: bool) -> Path:
     tools.mkdir(parents=True, exist_ok=True)
     folder = tools / f"mlflow-{mlflow_version}"
     python = folder / "bin" / "python"
-    marker = folder / (f"{COMPLETE}-tests" if with_tests else COMPLETE)
+    # the test dependencies' marker names them: a virtualenv made before they changed gets them
+    requirements = _mlstack_requirements()
+    digest = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12]
+    marker = folder / (f"{COMPLETE}-tests-{digest}" if with_tests else COMPLETE)
     with (tools / f".mlflow-{mlflow_version}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others then reuse its work
         if not (folder / COMPLETE).is_file():
@@ -70,7 +74,7 @@ def _venv(tools: Path, mlflow_version: str, with_tests: bool) -> Path:
             _pip(python, "setuptools>=68", _spec(mlflow_version), *_server_requirements())
             (folder / COMPLETE).touch()
         if not marker.is_file():
-            _pip(python, _spec(mlflow_version), *_mlstack_requirements())
+            _pip(python, _spec(mlflow_version), *requirements)
             marker.touch()
         editable = [STORE_PLUGIN, REPO] if with_tests else [STORE_PLUGIN]
         _pip(python, "--no-deps", "--no-build-isolation", *(f"--editable={path}" for path in editable))
@@ -118,7 +122,8 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         python = test_python(tools, minor)
         made = time.monotonic()
-        pytest = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *EQUIVALENCE_TESTS]
+        # a worker a module (tests/conftest.py), as `make test` runs them
+        pytest = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", *EQUIVALENCE_TESTS]
         result = subprocess.run(pytest, cwd=REPO)
         print(
             f"MLflow {minor}: equivalence tests {'passed' if result.returncode == 0 else 'FAILED'} in "

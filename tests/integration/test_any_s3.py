@@ -153,8 +153,7 @@ def minio_backed_stack() -> Iterator[LiveStack]:
             yield stack
         finally:
             if stack is not None:
-                stack.stop()
-                stack.remove_data()
+                stack.discard()
             process.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)

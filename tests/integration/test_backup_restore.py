@@ -28,6 +28,7 @@ from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.settings import Settings
 from mlstack.tracking import ExperimentTracker, setup_mlflow
 from tests.conftest import make_project, run_mlstack
+from tests.stack import discard
 
 pytestmark = pytest.mark.integration
 
@@ -96,9 +97,7 @@ def project(request):
     finally:
         settings = Settings.load(settings.project_dir)
         runtime = NativeRuntime(settings, Console(stderr=True))
-        runtime.down()
-        if runtime.postgres.os_user is not None:
-            shutil.rmtree(runtime.postgres.home, ignore_errors=True)
+        discard(runtime)
         shutil.rmtree(root, ignore_errors=True)
 
 

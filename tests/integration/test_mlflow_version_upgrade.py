@@ -301,8 +301,7 @@ def older_stack(tmp_path_factory, older_python) -> NativeStack:
     try:
         yield stack
     finally:
-        stack.stop()
-        stack.remove_data()
+        stack.discard()
 
 
 def test_the_previous_minor_is_older_than_the_pinned_mlflow():

@@ -29,6 +29,7 @@ from mlstack.runtime.native.tools import find_tools
 from mlstack.settings import Settings
 from tests.conftest import REQUIRED_RUNTIME, free_port, make_project, run_mlstack, wait_for
 from tests.integration.test_team_access import machine_address
+from tests.stack import discard
 
 pytestmark = pytest.mark.integration
 
@@ -100,9 +101,7 @@ def monitored(webhook):
         assert up.returncode == 0, up.stdout + up.stderr
         yield Settings.load(settings.project_dir)
     finally:
-        runtime.down()
-        if runtime.postgres.os_user is not None:
-            shutil.rmtree(runtime.postgres.home, ignore_errors=True)
+        discard(runtime)
         shutil.rmtree(root, ignore_errors=True)
 
 

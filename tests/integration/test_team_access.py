@@ -25,6 +25,7 @@ from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.runtime.native.tools import find_tools
 from mlstack.settings import Settings
 from tests.conftest import REQUIRED_RUNTIME, free_port, make_project, run_mlstack
+from tests.stack import discard
 
 pytestmark = pytest.mark.integration
 
@@ -83,9 +84,7 @@ def team_stack():
         shutil.copy(settings.state_path / "tls" / "ca.pem", handed_over)
         yield Settings.load(settings.project_dir), address, handed_over
     finally:
-        runtime.down()
-        if runtime.postgres.os_user is not None:
-            shutil.rmtree(runtime.postgres.home, ignore_errors=True)
+        discard(runtime)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -70,8 +70,7 @@ def old_stack():
     try:
         yield stack
     finally:
-        stack.stop()
-        stack.remove_data()
+        stack.discard()
 
 
 def log_in_from_env_file(project_dir: Path, monkeypatch) -> Settings:

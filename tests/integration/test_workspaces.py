@@ -17,6 +17,7 @@ from mlstack.envfile import update_env
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.settings import Settings
 from tests.conftest import make_project, run_mlstack
+from tests.stack import discard
 
 pytestmark = pytest.mark.integration
 
@@ -39,9 +40,7 @@ def stack():
             assert added.returncode == 0, added.stdout + added.stderr
         yield settings
     finally:
-        runtime.down()
-        if runtime.postgres.os_user is not None:
-            shutil.rmtree(runtime.postgres.home, ignore_errors=True)
+        discard(runtime)
         shutil.rmtree(root, ignore_errors=True)
 
 
