@@ -67,11 +67,16 @@ def bindable(port: int) -> bool:
     return True
 
 
+def kernel_port() -> int:
+    """A port the kernel finds free now (it may offer it again once released: see `claim`)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def free_port() -> int:
     while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = kernel_port()
         if claim([port]):
             return port
 
@@ -79,9 +84,7 @@ def free_port() -> int:
 def free_port_with_grpc() -> int:
     """A free port whose SeaweedFS gRPC twin (port + 10000) is free too."""
     while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = kernel_port()
         if port + 10000 < 65536 and bindable(port + 10000) and claim([port, port + 10000]):
             return port
 
