@@ -29,6 +29,7 @@ from mlstack.envfile import read_env, update_env
 from mlstack.errors import MissingToolError
 from mlstack.runtime.docker import engine_answers
 from mlstack.runtime.native.ha_ports import HA_PORT_COUNT
+from mlstack.runtime.native.seaweedfs import GRPC_OFFSET
 from mlstack.runtime.native.tools import find_tools
 from mlstack.secrets import init_env
 from mlstack.settings import SECRET_FIELDS, Settings
@@ -82,19 +83,22 @@ def free_port() -> int:
 
 
 def free_port_with_grpc() -> int:
-    """A free port whose SeaweedFS gRPC twin (port + 10000) is free too."""
+    """A free port whose SeaweedFS gRPC twin (port + GRPC_OFFSET) is free too."""
     while True:
         port = kernel_port()
-        if port + 10000 < 65536 and bindable(port + 10000) and claim([port, port + 10000]):
+        twin = port + GRPC_OFFSET
+        if twin < 65536 and bindable(twin) and claim([port, twin]):
             return port
 
 
-def free_port_block(count: int) -> int:
-    """The first of `count` consecutive free ports, below Linux's ephemeral range (no client socket
-    takes one of them meanwhile)."""
+def free_ha_port_base() -> int:
+    """A free MLSTACK_HA_PORT_BASE: the topology's HA_PORT_COUNT ports, below Linux's ephemeral range (no
+    client socket takes one of them meanwhile), and their gRPC twins (+ GRPC_OFFSET, where each SeaweedFS
+    filer's gRPC port lies), all free and claimed, so no other test is handed one of them."""
     while True:
-        base = random.randrange(20000, 32000 - count)
-        ports = range(base, base + count)
+        base = random.randrange(20000, 32000 - HA_PORT_COUNT)
+        block = range(base, base + HA_PORT_COUNT)
+        ports = [*block, *(port + GRPC_OFFSET for port in block)]
         if all(bindable(port) for port in ports) and claim(ports):
             return base
 
@@ -173,7 +177,7 @@ def scratch_stack_env() -> dict[str, str]:
         "MINIO_CONSOLE_PORT": str(free_port()),
         "MLFLOW_PORT": str(free_port()),
         # the ha topology's members (MLSTACK_TOPOLOGY=ha)
-        "MLSTACK_HA_PORT_BASE": str(free_port_block(HA_PORT_COUNT)),
+        "MLSTACK_HA_PORT_BASE": str(free_ha_port_base()),
         # monitoring (MLSTACK_MONITORING=true)
         "PROMETHEUS_PORT": str(free_port()),
         "ALERTMANAGER_PORT": str(free_port()),
