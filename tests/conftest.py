@@ -19,6 +19,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,9 +43,15 @@ REQUIRED_RUNTIME = os.environ.get("MLSTACK_REQUIRE_RUNTIME", "")
 
 #: Ports handed out in this test run, by every pytest-xdist worker (`make test` runs two): the kernel
 #: may offer a released port again at once, to this process or the other, and no two services may
-#: get the same one. A file the workers share, locked while read and extended.
-TEST_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+#: get the same one. A file the workers share (they inherit the run's name from the controller), locked
+#: while read and extended, and removed by the controller at the end of the run.
+TEST_RUN = os.environ.setdefault("MLSTACK_TEST_RUN", uuid.uuid4().hex)
 HANDED_OUT = Path(tempfile.gettempdir()) / f"mlstack-test-ports-{TEST_RUN}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        HANDED_OUT.unlink(missing_ok=True)
 
 
 def claim(ports: range | list[int]) -> bool:
