@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -198,8 +199,10 @@ NAMES += f"PERSON, PERSON_PASSWORD = {PERSON!r}, {PERSON_PASSWORD!r}\n"
 
 def as_user(python: str, script: str, settings: Settings, *arguments: str) -> str:
     """`script` run by `python` as a user's script: the client login from the project's .env, and the
-    admin's for the auth calls. Its standard output."""
+    admin's for the auth calls; its temporary files in the scratch project. Its standard output."""
     env = read_env(settings.env_file)
+    temporary = settings.project_dir / ".home" / "tmp"
+    temporary.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [python, "-c", NAMES + textwrap.dedent(script), *arguments],
         env={
@@ -209,6 +212,7 @@ def as_user(python: str, script: str, settings: Settings, *arguments: str) -> st
             "MLFLOW_TRACKING_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"],
             "ADMIN_USERNAME": settings.mlflow_auth_admin_username,
             "ADMIN_PASSWORD": settings.mlflow_auth_admin_password.get_secret_value(),
+            "TMPDIR": str(temporary),
         },
         capture_output=True,
         text=True,
@@ -289,7 +293,8 @@ def older_python() -> str:
 def older_stack(tmp_path_factory, older_python) -> NativeStack:
     """A project whose .env runs the server with the older MLflow; not started. Stopped and its data
     removed at the end."""
-    settings = make_project(Path(tempfile.mkdtemp(prefix="mlstack-mlflow-upgrade-")) / "project")
+    root = Path(tempfile.mkdtemp(prefix="mlstack-mlflow-upgrade-"))
+    settings = make_project(root / "project")
     try:
         find_tools(settings)
     except MissingToolError as missing:
@@ -302,6 +307,7 @@ def older_stack(tmp_path_factory, older_python) -> NativeStack:
         yield stack
     finally:
         stack.discard()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_previous_minor_is_older_than_the_pinned_mlflow():

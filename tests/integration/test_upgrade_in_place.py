@@ -5,6 +5,7 @@ role, the server runs with authentication, and the runs recorded before are stil
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def old_stack():
         yield stack
     finally:
         stack.discard()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def log_in_from_env_file(project_dir: Path, monkeypatch) -> Settings:
