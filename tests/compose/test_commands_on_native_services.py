@@ -24,6 +24,7 @@ from rich.console import Console
 from mlstack.bootstrap.storage import admin_s3
 from mlstack.errors import MissingToolError
 from mlstack.health import wait_until
+from mlstack.runtime.native.postgres import initdb, prepare_home
 from mlstack.runtime.native.runtime import NativeRuntime
 from mlstack.runtime.native.tools import NativeTools, find_tools
 from mlstack.settings import Settings
@@ -53,8 +54,8 @@ def native(project):
             pytest.fail(f"MLSTACK_REQUIRE_RUNTIME=native but the native runtime cannot run: {missing}")
         pytest.skip(f"the native runtime is not installed: {missing}")
     runtime = NativeRuntime(project, Console(stderr=True), start_timeout=60)
-    runtime._prepare_postgres_home(runtime.postgres.data)
-    runtime._initdb(tools)
+    prepare_home(project, runtime.postgres, runtime.postgres.data, print)
+    initdb(project, runtime.postgres, tools.postgres_bin)
     socket_folder = runtime.postgres.home / "socket"
     socket_folder.mkdir(mode=0o700)
     if runtime.postgres.os_user:

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from mlstack.bootstrap.clearml import ClearMLApi
 from mlstack.errors import MlstackError, RuntimeUnavailableError
+from mlstack.runtime.native.postgres import postgres_layout
 from mlstack.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -429,9 +430,7 @@ class MlstackCollector(Collector):
 
 def _postgres_home(settings: Settings) -> Path | None:
     """Where the native runtime keeps PostgreSQL's data when it is outside the state folder (as root,
-    mlstack.runtime.native.runtime.postgres_layout); None when it is inside, or there is none here."""
-    from mlstack.runtime.native.runtime import postgres_layout
-
+    mlstack.runtime.native.postgres.postgres_layout); None when it is inside, or there is none here."""
     try:
         home = postgres_layout(settings).home
     except RuntimeUnavailableError:  # root without a `postgres` user (a container): no native PostgreSQL

@@ -4,10 +4,8 @@ Same versions and settings as the compose stack; state (data, logs, pid files) l
 state folder, private to its owner (0700). Started processes run in their own sessions, so they
 outlive the `mlstack` command.
 
-PostgreSQL refuses to run as root, so as root it runs as the `postgres` system user, which cannot
-reach a checkout under a private folder such as /root: its data then lives in a folder of its own
-under POSTGRES_HOMES (owned by `postgres`, mode 0700), named after the state folder, and
-`mlstack status` says where.
+PostgreSQL's data lives in the state folder, or as root in a folder the `postgres` user can reach
+(postgres: where and why).
 
 MLSTACK_TOPOLOGY=ha runs PostgreSQL as a Patroni cluster (postgres_cluster): the etcd members, the
 Patroni members, each with its data in a folder of its own beside the single server's, and HAProxy
@@ -16,18 +14,14 @@ as the `postgres` service.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import pwd
 import shutil
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
-from urllib.parse import quote
 
 from rich.console import Console
 
@@ -37,11 +31,13 @@ from mlstack.envfile import write_private
 from mlstack.errors import CommandError, ConfigError, RuntimeUnavailableError, ServiceStartError
 from mlstack.health import http_ok, postgres_ok, s3_answers, wait_until
 from mlstack.maintenance.minio_move import move_from_minio, move_pending, native_minio_data, write_record
-from mlstack.monitoring.prometheus import ALERTMANAGER_CONFIG, PROMETHEUS_CONFIG, RETENTION, write_monitoring_config
+from mlstack.monitoring.prometheus import write_monitoring_config
 from mlstack.runtime.base import ServiceStatus
 from mlstack.runtime.migrate import SCHEMA_OUTDATED
 from mlstack.runtime.native import seaweedfs_cluster
 from mlstack.runtime.native.haproxy import admin, member_states
+from mlstack.runtime.native.monitors import Monitor, monitor_command, monitors
+from mlstack.runtime.native.postgres import initdb, postgres_command, postgres_layout, prepare_home
 from mlstack.runtime.native.postgres_cluster import (
     Member,
     cluster_members,
@@ -86,28 +82,6 @@ STOP_SIGNALS = {"postgres": signal.SIGINT}
 CADDYFILE = Path(str(PACKAGED_CONF / "caddy" / "Caddyfile"))
 #: `mlflow db upgrade` with the store URI from the environment (mlstack/runtime/migrate.py).
 MIGRATE_SCRIPT = Path(__file__).resolve().parents[1] / "migrate.py"
-#: Where PostgreSQL keeps each project's data when it runs as the `postgres` user (mlstack as root).
-POSTGRES_HOMES = Path("/var/lib/mlstack/postgres")
-
-
-@dataclass(frozen=True)
-class PostgresLayout:
-    """Where PostgreSQL's data lives, the private folder around it (the working directory of
-    initdb and the server), and which system user runs it (None: the current user)."""
-
-    home: Path
-    data: Path
-    os_user: str | None
-
-
-def postgres_layout(settings: Settings) -> PostgresLayout:
-    """In the state folder for an ordinary user; as root, a `postgres`-owned folder under POSTGRES_HOMES."""
-    user = _postgres_os_user()
-    if user is None:
-        native = settings.state_path / "native"
-        return PostgresLayout(native, native / "postgres", None)
-    home = POSTGRES_HOMES / hashlib.sha256(str(settings.state_path).encode()).hexdigest()[:16]
-    return PostgresLayout(home, home / "data", user)
 
 
 @dataclass
@@ -171,11 +145,9 @@ class NativeRuntime:
             "mlflow": lambda: self._start_mlflow(tools),
             "tls-proxy": lambda: self._start_tls_front(tools),
             "monitoring-config": self._write_monitoring_config,
-            "postgres-exporter": lambda: self._start_postgres_exporter(tools),
-            "mlstack-exporter": self._start_mlstack_exporter,
-            "alertmanager": lambda: self._start_alertmanager(tools),
-            "prometheus": lambda: self._start_prometheus(tools),
         }
+        for monitor in monitors(self.settings):
+            start[monitor.name] = lambda monitor=monitor: self._start_monitor(monitor, tools)
         for replica in self.replicas:
             start[replica.name] = lambda replica=replica: self._start_replica(replica)
         for member in self.members:
@@ -233,15 +205,9 @@ class NativeRuntime:
                 f"log: {self.processes['tls-proxy'].log_file}{trust}",
             ),
         }
-        for name, port, path in (
-            ("postgres-exporter", s.postgres_exporter_port, "/metrics"),
-            ("mlstack-exporter", s.mlstack_exporter_port, "/metrics"),
-            ("alertmanager", s.alertmanager_port, "/-/ready"),
-            ("prometheus", s.prometheus_port, "/-/ready"),
-        ):
-            url = f"http://127.0.0.1:{port}"
-            where = f"data: {self.data_dir / name}" if name in ("alertmanager", "prometheus") else "metrics: /metrics"
-            probes[name] = (url, lambda url=url, path=path: http_ok(url + path), where)
+        for monitor in monitors(s):
+            where = "metrics: /metrics" if monitor.ready == "/metrics" else f"data: {self.data_dir / monitor.name}"
+            probes[monitor.name] = (monitor.url, monitor.healthy, where)
         if s.topology == "ha":
             probes.update(self._cluster_probes(probes["postgres"]))
             probes.update(self._replica_probes(probes["mlflow"]))
@@ -438,87 +404,14 @@ class NativeRuntime:
         wait_until(name, probe, self.start_timeout, self.console, process.is_running, process.tail)
 
     def _start_postgres(self, tools: NativeTools) -> None:
-        process, s, layout = self.processes["postgres"], self.settings, self.postgres
-        if process.is_running():
-            self._wait("postgres", self._postgres_healthy)
-            return
-        self._prepare_postgres_home(layout.data)
-        if not (layout.data / "PG_VERSION").exists():
-            self._initdb(tools)
-        process.start(
-            [
-                str(tools.postgres_bin / "postgres"),
-                "-D",
-                str(layout.data),
-                "-p",
-                str(s.postgres_port),
-                "-c",
-                f"listen_addresses={s.bind_address}",
-                # TCP only: no socket file whose path could be too long or unreachable for `postgres`
-                "-c",
-                "unix_socket_directories=",
-            ],
-            env=base_env(),
-            user=layout.os_user,
-            cwd=layout.home,
-        )
+        process, layout = self.processes["postgres"], self.postgres
+        if not process.is_running():
+            prepare_home(self.settings, layout, layout.data, self.console.print)
+            if not (layout.data / "PG_VERSION").exists():
+                initdb(self.settings, layout, tools.postgres_bin)
+            command = postgres_command(self.settings, layout, tools.postgres_bin)
+            process.start(command, env=base_env(), user=layout.os_user, cwd=layout.home)
         self._wait("postgres", self._postgres_healthy)
-
-    def _prepare_postgres_home(self, data: Path | None) -> None:
-        """The home of PostgreSQL's data (`data`: the single server's folder, made here; None for the
-        cluster's members, whose folders Patroni makes), private to the user PostgreSQL runs as; as
-        root, data that an earlier mlstack kept in the state folder moves here (PostgreSQL is stopped)."""
-        layout = self.postgres
-        if layout.os_user is not None:
-            POSTGRES_HOMES.mkdir(parents=True, exist_ok=True, mode=0o755)
-        layout.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        legacy = self.data_dir / "postgres"
-        if data and layout.os_user is not None and (legacy / "PG_VERSION").exists() and not data.exists():
-            self.console.print(f"moving PostgreSQL data from {legacy} to {data}")
-            shutil.move(legacy, data)
-        folders = (layout.home, data) if data else (layout.home,)
-        if data:
-            data.mkdir(exist_ok=True, mode=0o700)
-        if layout.os_user is not None:
-            (layout.home / "project").write_text(f"{self.settings.state_path}\n")
-            for path in (*folders, layout.home / "project"):
-                shutil.chown(path, layout.os_user, layout.os_user)
-        for path in folders:
-            path.chmod(0o700)
-
-    def _initdb(self, tools: NativeTools) -> None:
-        layout = self.postgres
-        pwfile = layout.home / "initdb.pw"
-        pwfile.unlink(missing_ok=True)
-        descriptor = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            if layout.os_user is not None:
-                os.fchown(handle.fileno(), *_ids(layout.os_user))
-            handle.write(self.settings.postgres_password.get_secret_value())
-        try:
-            result = subprocess.run(
-                [
-                    str(tools.postgres_bin / "initdb"),
-                    "-D",
-                    str(layout.data),
-                    "-U",
-                    self.settings.postgres_user,
-                    f"--pwfile={pwfile}",
-                    "--auth=scram-sha-256",
-                    "--encoding=UTF8",
-                ],
-                env=base_env(),
-                cwd=layout.home,
-                user=layout.os_user,
-                group=layout.os_user,
-                extra_groups=[] if layout.os_user else None,
-                capture_output=True,
-                text=True,
-            )
-        finally:
-            pwfile.unlink(missing_ok=True)
-        if result.returncode != 0:
-            raise ServiceStartError(f"initdb failed in {layout.data}:\n{result.stderr[-2000:]}")
 
     def _member_home(self, member: Member) -> Path:
         return self.postgres.home / member.patroni
@@ -540,7 +433,7 @@ class NativeRuntime:
         the others copy the leader and follow it; waited for until its PostgreSQL runs."""
         process, layout = self.processes[member.patroni], self.postgres
         if not process.is_running():
-            self._prepare_postgres_home(data=None)
+            prepare_home(self.settings, layout, None, self.console.print)
             home = self._member_home(member)
             home.mkdir(exist_ok=True, mode=0o700)
             config = home / "patroni.yml"  # JSON, which is YAML
@@ -717,63 +610,18 @@ class NativeRuntime:
         """Prometheus' and Alertmanager's configurations and the alert rules, in the state folder."""
         self._monitoring_changed = write_monitoring_config(self.settings, self.monitoring_config, "native")
 
-    def _start_monitor(self, name: str, command: list[str], port: int, ready: str, env: dict[str, str]) -> None:
-        """A monitoring process answering on 127.0.0.1:`port`, working in its folder of the state folder
-        (Prometheus' and Alertmanager's data); one that runs
-        reloads its configuration (SIGHUP) when `monitoring-config` changed it."""
-        process = self.processes[name]
+    def _start_monitor(self, monitor: Monitor, tools: NativeTools) -> None:
+        """A monitoring process, working in its folder of the state folder (Prometheus' and Alertmanager's
+        data); one that runs reloads its configuration (SIGHUP) when `monitoring-config` changed it."""
+        process, data = self.processes[monitor.name], self.data_dir / monitor.name
         pid = process.pid()
         if pid is None:
-            data = self.data_dir / name
             data.mkdir(parents=True, exist_ok=True, mode=0o700)
+            command, env = monitor_command(monitor, self.settings, tools, self.monitoring_config, data)
             process.start(command, env=env, cwd=data)
-        elif self._monitoring_changed and name in ("alertmanager", "prometheus"):
+        elif self._monitoring_changed and monitor.name in ("alertmanager", "prometheus"):
             os.kill(pid, signal.SIGHUP)
-        self._wait(name, lambda: http_ok(f"http://127.0.0.1:{port}{ready}"))
-
-    def _start_postgres_exporter(self, tools: NativeTools) -> None:
-        """prometheus-postgres-exporter as the monitoring role (pg_monitor), through POSTGRES_PORT (on ha:
-        HAProxy, so the leader)."""
-        s = self.settings
-        dsn = (
-            f"postgresql://{quote(s.postgres_monitor_user, safe='')}:"
-            f"{quote(s.postgres_monitor_password.get_secret_value(), safe='')}"
-            f"@127.0.0.1:{s.postgres_port}/postgres?sslmode=disable"
-        )
-        command = [str(tools.postgres_exporter), f"--web.listen-address=127.0.0.1:{s.postgres_exporter_port}"]
-        env = {**base_env(), "DATA_SOURCE_NAME": dsn}
-        self._start_monitor("postgres-exporter", command, s.postgres_exporter_port, "/metrics", env)
-
-    def _start_mlstack_exporter(self) -> None:
-        """`mlstack monitoring exporter` for this project (its settings from the project's .env)."""
-        s = self.settings
-        command = [sys.executable, "-m", "mlstack.cli", "monitoring", "exporter"]
-        command += ["--listen", f"127.0.0.1:{s.mlstack_exporter_port}"]
-        env = {**base_env(), "MLSTACK_PROJECT_DIR": str(s.project_dir)}
-        self._start_monitor("mlstack-exporter", command, s.mlstack_exporter_port, "/metrics", env)
-
-    def _start_alertmanager(self, tools: NativeTools) -> None:
-        """Alertmanager alone (its cluster listener off: no port beyond loopback)."""
-        s = self.settings
-        command = [
-            str(tools.alertmanager),
-            f"--config.file={self.monitoring_config / ALERTMANAGER_CONFIG}",
-            f"--storage.path={self.data_dir / 'alertmanager'}",
-            f"--web.listen-address={s.monitoring_bind_address}:{s.alertmanager_port}",
-            "--cluster.listen-address=",
-        ]
-        self._start_monitor("alertmanager", command, s.alertmanager_port, "/-/ready", base_env())
-
-    def _start_prometheus(self, tools: NativeTools) -> None:
-        s = self.settings
-        command = [
-            str(tools.prometheus),
-            f"--config.file={self.monitoring_config / PROMETHEUS_CONFIG}",
-            f"--storage.tsdb.path={self.data_dir / 'prometheus'}",
-            f"--storage.tsdb.retention.time={RETENTION}",
-            f"--web.listen-address={s.monitoring_bind_address}:{s.prometheus_port}",
-        ]
-        self._start_monitor("prometheus", command, s.prometheus_port, "/-/ready", base_env())
+        self._wait(monitor.name, monitor.healthy)
 
     def _start_tls_front(self, tools: NativeTools) -> None:
         process = self.processes["tls-proxy"]
@@ -790,21 +638,3 @@ def _private_folder(folder: Path) -> None:
     """Create `folder` (the state folder) readable by its owner only; tighten it if it exists."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     folder.chmod(0o700)
-
-
-def _ids(user: str) -> tuple[int, int]:
-    entry = pwd.getpwnam(user)
-    return entry.pw_uid, entry.pw_gid
-
-
-def _postgres_os_user() -> str | None:
-    """PostgreSQL refuses to run as root: as root, run it as the `postgres` system user."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam("postgres").pw_name
-    except KeyError as missing:
-        raise RuntimeUnavailableError(
-            "PostgreSQL cannot run as root and there is no `postgres` user: install the Debian package "
-            "postgresql (it creates one) or run mlstack as an ordinary user."
-        ) from missing

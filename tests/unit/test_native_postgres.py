@@ -7,11 +7,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from rich.console import Console
-
-from mlstack.runtime.native import runtime as native
-from mlstack.runtime.native.runtime import NativeRuntime, PostgresLayout, postgres_layout
-from mlstack.runtime.native.tools import NativeTools
+from mlstack.runtime.native import postgres as native
+from mlstack.runtime.native.postgres import PostgresLayout, initdb, postgres_layout
 
 
 def test_an_ordinary_user_keeps_postgres_in_the_state_folder(project, monkeypatch):
@@ -32,10 +29,9 @@ def test_root_keeps_postgres_where_the_postgres_user_can_reach_it_one_folder_per
 
 
 def test_initdb_reads_a_password_file_private_from_its_first_byte(project, tmp_path, monkeypatch):
-    runtime = NativeRuntime(project, Console())
     home = tmp_path / "pg"
     home.mkdir(mode=0o700)
-    runtime.postgres = PostgresLayout(home, home / "data", None)
+    layout = PostgresLayout(home, home / "data", None)
     seen = {}
 
     def fake_initdb(command, **kwargs):
@@ -46,7 +42,7 @@ def test_initdb_reads_a_password_file_private_from_its_first_byte(project, tmp_p
     monkeypatch.setattr(native.subprocess, "run", fake_initdb)
     previous = os.umask(0)  # even a permissive umask must not open the file up
     try:
-        runtime._initdb(NativeTools(postgres_bin=Path("/usr/lib/postgresql/15/bin"), weed=Path("weed")))
+        initdb(project, layout, Path("/usr/lib/postgresql/15/bin"))
     finally:
         os.umask(previous)
 
