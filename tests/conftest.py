@@ -31,6 +31,7 @@ from mlstack.errors import MissingToolError
 from mlstack.runtime.docker import engine_answers
 from mlstack.runtime.native.ha_ports import HA_PORT_COUNT
 from mlstack.runtime.native.seaweedfs import GRPC_OFFSET
+from mlstack.runtime.native.seaweedfs_cluster import cluster_nodes
 from mlstack.runtime.native.tools import find_tools
 from mlstack.secrets import init_env
 from mlstack.settings import SECRET_FIELDS, Settings
@@ -99,13 +100,15 @@ def free_port_with_grpc() -> int:
 
 
 def free_ha_port_base() -> int:
-    """A free MLSTACK_HA_PORT_BASE: the topology's HA_PORT_COUNT ports, below Linux's ephemeral range (no
-    client socket takes one of them meanwhile), and their gRPC twins (+ GRPC_OFFSET, where each SeaweedFS
-    filer's gRPC port lies), all free and claimed, so no other test is handed one of them."""
+    """A free MLSTACK_HA_PORT_BASE: the topology's HA_PORT_COUNT ports below Linux's ephemeral range (no
+    client socket takes one of them meanwhile), and the ports its members use beyond them (each SeaweedFS
+    filer's gRPC port), all free and claimed, so no other test is handed one of them."""
     while True:
         base = random.randrange(20000, 32000 - HA_PORT_COUNT)
         block = range(base, base + HA_PORT_COUNT)
-        ports = [*block, *(port + GRPC_OFFSET for port in block)]
+        cluster = cluster_nodes(Settings.model_construct(ha_port_base=base))
+        used = {port for node in cluster.nodes for port in (node.port, node.grpc, node.metrics, node.s3, node.s3_grpc)}
+        ports = [*block, *sorted(used - set(block) - {None})]
         if all(bindable(port) for port in ports) and claim(ports):
             return base
 
