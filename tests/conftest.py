@@ -90,6 +90,10 @@ def free_port() -> int:
             return port
 
 
+#: The first port Linux hands client sockets (ip_local_port_range).
+EPHEMERAL_START = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+
 def free_port_with_grpc() -> int:
     """A free port whose SeaweedFS gRPC twin (port + GRPC_OFFSET) is free too."""
     while True:
@@ -100,11 +104,11 @@ def free_port_with_grpc() -> int:
 
 
 def free_ha_port_base() -> int:
-    """A free MLSTACK_HA_PORT_BASE: the topology's HA_PORT_COUNT ports below Linux's ephemeral range (no
-    client socket takes one of them meanwhile), and the ports its members use beyond them (each SeaweedFS
-    filer's gRPC port), all free and claimed, so no other test is handed one of them."""
+    """A free MLSTACK_HA_PORT_BASE: the topology's HA_PORT_COUNT ports and the ports its members use
+    beyond them (each SeaweedFS filer's gRPC port, GRPC_OFFSET above its HTTP port), all free, claimed
+    (no other test is handed one) and below Linux's ephemeral range (no client socket takes one meanwhile)."""
     while True:
-        base = random.randrange(20000, 32000 - HA_PORT_COUNT)
+        base = random.randrange(12000, EPHEMERAL_START - GRPC_OFFSET - HA_PORT_COUNT)
         block = range(base, base + HA_PORT_COUNT)
         cluster = cluster_nodes(Settings.model_construct(ha_port_base=base))
         used = {port for node in cluster.nodes for port in (node.port, node.grpc, node.metrics, node.s3, node.s3_grpc)}

@@ -23,7 +23,7 @@ from mlstack.runtime.native.seaweedfs_cluster import (
     seaweedfs_proxy_config,
 )
 from mlstack.stacks.mlflow import MLFLOW_HA_STACK
-from tests.conftest import claim
+from tests.conftest import EPHEMERAL_START, claim
 from tests.unit.test_seaweedfs import flags
 
 WEED = Path("/tools/weed")
@@ -44,11 +44,14 @@ def test_every_seaweedfs_member_of_the_definition_has_its_ports_in_the_block_and
 
 
 def test_a_scratch_projects_ha_ports_are_claimed_the_filers_grpc_ports_outside_the_block_too(project):
-    """Every port the ha SeaweedFS of a scratch project listens on is claimed for it (tests.conftest):
-    no other test of the run is handed one, whichever xdist worker asks."""
+    """Every port the ha SeaweedFS of a scratch project listens on is claimed for it (tests.conftest), so
+    no other test of the run is handed one, whichever xdist worker asks, and lies below the ephemeral
+    range, where no client socket takes it before the member starts."""
     cluster = cluster_nodes(project)
     used = {port for node in cluster.nodes for port in (node.port, node.grpc, node.metrics, node.s3, node.s3_grpc)}
-    assert all(not claim([port]) for port in used - {None})
+    used -= {None}
+    assert all(not claim([port]) for port in used)
+    assert max(used) < EPHEMERAL_START
 
 
 def test_masters_form_one_raft_group_and_every_process_knows_all_three(project, tmp_path):
